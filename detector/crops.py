@@ -1,0 +1,59 @@
+"""THE face crop: one function used by training, evaluation and serving alike.
+
+A crop is the square centred on the face box, with side ``max(w, h) * margin``,
+padded with black where it leaves the image, resized to ``size`` x ``size``.
+Margin and size come from the :class:`~detector.card.ModelCard`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+
+def square_box(box: Sequence[float], margin: float) -> tuple[float, float, float, float]:
+    """Square ``(x0, y0, x1, y1)`` centred on ``box`` with side ``max(w, h) * margin``."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    w, h = x1 - x0, y1 - y0
+    if not (w > 0 and h > 0):
+        raise ValueError(f"degenerate face box {tuple(box)}")
+    side = max(w, h) * float(margin)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return cx - side / 2.0, cy - side / 2.0, cx + side / 2.0, cy + side / 2.0
+
+
+def crop_face(image: np.ndarray, box: Sequence[float], margin: float, size: int) -> np.ndarray:
+    """Cut the margin-scaled square around ``box`` out of ``image`` and resize it.
+
+    ``image`` is ``H x W x 3`` uint8 (RGB). Returns ``size x size x 3`` uint8.
+    Parts of the square outside the image are black. Downscaling uses area
+    interpolation, upscaling bilinear.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+    h, w = image.shape[:2]
+    sx0, sy0, sx1, sy1 = square_box(box, margin)
+    ix0, iy0 = int(np.floor(sx0)), int(np.floor(sy0))
+    side = max(1, int(round(sx1 - sx0)))
+    ix1, iy1 = ix0 + side, iy0 + side
+    # Intersection with the image, then pad what lies outside.
+    cx0, cy0, cx1, cy1 = max(ix0, 0), max(iy0, 0), min(ix1, w), min(iy1, h)
+    if cx1 <= cx0 or cy1 <= cy0:
+        region = np.zeros((side, side, 3), dtype=np.uint8)
+    else:
+        region = image[cy0:cy1, cx0:cx1]
+        pad = (cy0 - iy0, iy1 - cy1, cx0 - ix0, ix1 - cx1)
+        if any(pad):
+            region = cv2.copyMakeBorder(region, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(region), (size, size), interpolation=interp)
+
+
+def to_model_input(crops: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``[N, S, S, 3]`` uint8 RGB crops -> ``[N, 3, S, S]`` float32, normalised."""
+    x = crops.astype(np.float32) * (1.0 / 255.0)
+    x -= np.asarray(mean, dtype=np.float32)
+    x /= np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

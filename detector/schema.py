@@ -1,0 +1,115 @@
+"""The result schema: one pydantic model for the CLI's JSON, the Python API and HTTP.
+
+Field names here are a public contract (documented in README.md). Never put a
+score where there is no verdict: ``fake_probability`` and ``label`` are null
+unless ``status == "ok"``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Status(str, Enum):
+    """Outcome of analysing one file."""
+
+    ok = "ok"  # faces found and scored
+    no_face = "no_face"  # decoded, but no face found: no score
+    unreadable = "unreadable"  # empty, truncated or corrupt media
+    unsupported = "unsupported"  # not an allowed image/video format
+    too_large = "too_large"  # over a size, pixel, duration or frame cap
+    timeout = "timeout"  # analysis exceeded its time limit
+    cancelled = "cancelled"  # job cancelled by the user
+    error = "error"  # unexpected internal failure (a bug): reported, never scored
+
+
+class MediaType(str, Enum):
+    image = "image"
+    video = "video"
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    threshold_balanced: float
+    threshold_strict: float
+
+
+class Face(BaseModel):
+    """One detected face, in original-image pixel coordinates."""
+
+    box: list[float] = Field(description="[x0, y0, x1, y1] in pixels of the original image")
+    landmarks: list[list[float]] = Field(
+        description="5 points [x, y]: left eye, right eye, nose, left mouth, right mouth"
+    )
+    detection_score: float
+    fake_probability: float = Field(description="calibrated probability that the face is fake")
+    label: str = Field(description="'real' or 'fake' at the model's balanced threshold")
+    label_strict: str = Field(description="'real' or 'fake' at the strict (~1% FPR) threshold")
+    head_probabilities: dict[str, float] | None = Field(
+        default=None, description="per-detector probabilities when the model has several heads"
+    )
+    track_id: int | None = Field(default=None, description="video only: the person track")
+
+
+class Frame(BaseModel):
+    """One sampled video frame."""
+
+    index: int = Field(description="decoded frame index (0-based, presentation order)")
+    time: float = Field(description="presentation time in seconds")
+    faces: list[Face]
+    fake_probability: float | None = Field(
+        default=None, description="max over the frame's faces; null with no face"
+    )
+
+
+class Track(BaseModel):
+    """One person followed across sampled frames."""
+
+    id: int
+    frames: list[int] = Field(description="frame indices where this track has a face")
+    first_time: float
+    last_time: float
+    fake_probability: float = Field(description="robust aggregate over the track's faces")
+    label: str
+    label_strict: str
+
+
+class VideoInfo(BaseModel):
+    width: int
+    height: int
+    rotation: int = 0
+    fps: float | None = None
+    duration: float | None = None
+    frames_decoded: int = 0
+    frames_sampled: int = 0
+    sampling: str = ""
+
+
+class AnalysisResult(BaseModel):
+    """Result of analysing one file; shared by `facetrust scan --json`, Python and HTTP."""
+
+    model_config = ConfigDict(use_enum_values=True)
+
+    path: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    media_type: MediaType | None = None
+    status: Status
+    error: str | None = Field(default=None, description="human-readable reason when not ok")
+    fake_probability: float | None = Field(
+        default=None, description="calibrated verdict probability; null when there is no verdict"
+    )
+    label: str | None = Field(default=None, description="'real'/'fake' at the balanced threshold")
+    label_strict: str | None = Field(default=None, description="'real'/'fake' at the strict threshold")
+    model: ModelInfo | None = None
+    aggregation: str | None = Field(default=None, description="rule that produced the verdict")
+    width: int | None = None
+    height: int | None = None
+    faces: list[Face] | None = Field(default=None, description="images only")
+    frames: list[Frame] | None = Field(default=None, description="videos only")
+    tracks: list[Track] | None = Field(default=None, description="videos only")
+    video: VideoInfo | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")

@@ -1,0 +1,1 @@
+"""FaceTrust command line: thin doors into detector/, training/ and serving/."""

@@ -1,0 +1,3 @@
+from facetrust.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""Export a torch classifier to ONNX with its model card embedded, and verify it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from detector.card import CARD_METADATA_KEY, ModelCard
+
+OPSET = 18
+
+
+def embed_card(onnx_path: str | Path, card: ModelCard) -> None:
+    """Write ``card`` into the ONNX file's metadata (replacing any previous card)."""
+    model = onnx.load(str(onnx_path))
+    props = [p for p in model.metadata_props if p.key != CARD_METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_METADATA_KEY, card.to_json()
+    model.producer_name = "facetrust"
+    model.doc_string = f"{card.name} {card.version}: fake-face classifier (see model card metadata)"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(onnx_path))
+
+
+class _Wrapped(torch.nn.Module):
+    """Adds the named outputs the card promises: ``[N]`` logit and optional ``[N, K]`` heads."""
+
+    def __init__(self, model: torch.nn.Module, with_heads: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_heads = with_heads
+
+    def forward(self, x: torch.Tensor):  # noqa: D401
+        out = self.model(x)
+        if isinstance(out, (tuple, list)):
+            fused, heads = out[0], out[1]
+        else:
+            fused, heads = out, None
+        fused = fused.reshape(fused.shape[0], -1)[:, 0]
+        if self.with_heads:
+            return fused, heads
+        return fused
+
+
+def export_classifier(
+    model: torch.nn.Module,
+    card: ModelCard,
+    path: str | Path,
+    *,
+    check_inputs: np.ndarray | None = None,
+    atol: float = 1e-4,
+) -> float:
+    """Export ``model`` (``[N,3,S,S] -> [N]`` or ``[N,1]`` logits, optionally ``(logits, heads)``)
+    to ONNX at ``path`` with a dynamic batch and ``card`` embedded.
+
+    Runs ``onnx.checker`` (full check) and compares torch and ONNX probabilities on
+    ``check_inputs`` (normalised ``[N,3,S,S]`` float32; random if None). Returns the max
+    absolute probability difference; raises ``RuntimeError`` if it exceeds ``atol``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    wrapped = _Wrapped(model, bool(card.head_names)).eval()
+    s = card.input_size
+    example = torch.zeros(2, 3, s, s)
+    outputs = [card.output_name] + ([card.heads_output_name] if card.head_names else [])
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(path),
+            input_names=[card.input_name],
+            output_names=outputs,
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+        )
+    embed_card(path, card)
+    return verify_parity(wrapped, path, card, check_inputs, atol)
+
+
+def verify_parity(
+    model: torch.nn.Module,
+    path: str | Path,
+    card: ModelCard,
+    inputs: np.ndarray | None = None,
+    atol: float = 1e-4,
+) -> float:
+    """Max |p_torch - p_onnx| over ``inputs``; raises ``RuntimeError`` above ``atol``."""
+    import onnxruntime as ort
+
+    if inputs is None:
+        rng = np.random.default_rng(0)
+        inputs = rng.standard_normal((4, 3, card.input_size, card.input_size)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_logits = sess.run([card.output_name], {card.input_name: inputs})[0]
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(inputs))
+        torch_logits = (out[0] if isinstance(out, (tuple, list)) else out).reshape(len(inputs), -1)[:, 0]
+    diff = float(
+        np.max(np.abs(card.calibration(onnx_logits) - card.calibration(torch_logits.numpy())))
+    )
+    if not diff <= atol:
+        raise RuntimeError(f"torch vs ONNX probability differs by {diff:.2e} > {atol:.0e}")
+    return diff
