@@ -24,6 +24,21 @@ def square_box(box: Sequence[float], margin: float) -> tuple[float, float, float
     return cx - side / 2.0, cy - side / 2.0, cx + side / 2.0, cy + side / 2.0
 
 
+def crop_window(box: Sequence[float], margin: float) -> tuple[int, int, int]:
+    """Integer ``(x0, y0, side)`` of the square that :func:`crop_face` cuts out."""
+    sx0, sy0, sx1, _ = square_box(box, margin)
+    return int(np.floor(sx0)), int(np.floor(sy0)), max(1, int(round(sx1 - sx0)))
+
+
+def to_crop_coords(
+    points: np.ndarray | Sequence[Sequence[float]], box: Sequence[float], margin: float, size: int
+) -> np.ndarray:
+    """Map image-pixel points ``[..., 2]`` into the pixels of ``crop_face(image, box, margin, size)``."""
+    x0, y0, side = crop_window(box, margin)
+    pts = np.asarray(points, dtype=np.float64)
+    return (pts - np.array([x0, y0], dtype=np.float64)) * (size / side)
+
+
 def crop_face(image: np.ndarray, box: Sequence[float], margin: float, size: int) -> np.ndarray:
     """Cut the margin-scaled square around ``box`` out of ``image`` and resize it.
 
@@ -34,9 +49,7 @@ def crop_face(image: np.ndarray, box: Sequence[float], margin: float, size: int)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
     h, w = image.shape[:2]
-    sx0, sy0, sx1, sy1 = square_box(box, margin)
-    ix0, iy0 = int(np.floor(sx0)), int(np.floor(sy0))
-    side = max(1, int(round(sx1 - sx0)))
+    ix0, iy0, side = crop_window(box, margin)
     ix1, iy1 = ix0 + side, iy0 + side
     # Intersection with the image, then pad what lies outside.
     cx0, cy0, cx1, cy1 = max(ix0, 0), max(iy0, 0), min(ix1, w), min(iy1, h)
