@@ -115,7 +115,7 @@ class Classifier:
             )
         shape = list(inputs[card.input_name].shape)
         s = card.input_size
-        if len(shape) != 4 or not all(_dim_ok(d, e) for d, e in zip(shape[1:], (3, s, s))):
+        if len(shape) != 4 or not all(_dim_ok(d, e) for d, e in zip(shape[1:], (3, s, s), strict=True)):
             raise ModelCardError(
                 f"{where}: graph input shape {shape} does not match the card's [N, 3, {s}, {s}]"
             )

@@ -1,7 +1,209 @@
-"""Placeholder: subcommands are registered here by their owning issue."""
+"""`facetrust scan`: analyse images, videos and directories from the command line.
+
+Exit codes: 0 when nothing is judged fake (files with no face count as not fake),
+1 when at least one file is judged fake, 2 when any file could not be analysed
+(unreadable, unsupported, too_large, timeout, cancelled, error, missing path) or the
+command itself failed (bad model, conflicting options). 2 wins over 1.
+
+``--json`` prints a JSON *list* with one :class:`detector.schema.AnalysisResult` object
+per file, in scan order, even for a single file; nothing else goes to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
+EXIT_OK, EXIT_FAKE, EXIT_ERROR = 0, 1, 2
+_NOT_ERRORS = {"ok", "no_face"}
+
+
+def iter_scan_paths(path: Path) -> Iterator[Path]:
+    """``path`` itself, or every non-hidden file under it (recursive, sorted, no symlinked dirs)."""
+    if not path.is_dir():
+        yield path
+        return
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+def exit_code(results: list[Any], strict: bool = False) -> int:
+    """0 nothing fake, 1 something fake, 2 something could not be analysed."""
+    if any(r.status not in _NOT_ERRORS for r in results):
+        return EXIT_ERROR
+    key = "label_strict" if strict else "label"
+    return EXIT_FAKE if any(getattr(r, key) == "fake" for r in results) else EXIT_OK
+
+
+def _sampling(frames: int | None, fps: float | None, all_frames: bool):
+    from detector.video import Sampling
+
+    given = (("--frames", frames), ("--fps", fps), ("--all-frames", all_frames or None))
+    chosen = [name for name, v in given if v is not None]
+    if len(chosen) > 1:
+        raise typer.BadParameter(
+            f"choose only one of --frames, --fps, --all-frames (got {', '.join(chosen)})"
+        )
+    if frames is not None:
+        if frames < 1:
+            raise typer.BadParameter("--frames must be >= 1")
+        return Sampling("count", frames)
+    if fps is not None:
+        if not fps > 0:
+            raise typer.BadParameter("--fps must be > 0")
+        return Sampling("fps", fps)
+    if all_frames:
+        return Sampling("all", 0)
+    return Sampling()
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_ERROR)
+
+
+def _print_table(results: list[Any], strict: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 200))
+    table = Table(show_lines=False)
+    table.add_column("file", overflow="fold")
+    table.add_column("status")
+    table.add_column("verdict")
+    table.add_column("probability", justify="right")
+    table.add_column("faces", justify="right")
+    table.add_column("SHA-256", no_wrap=True, min_width=64)
+    key = "label_strict" if strict else "label"
+    for r in results:
+        verdict = getattr(r, key) or "-"
+        style = {"fake": "bold red", "real": "green"}.get(verdict, "yellow")
+        prob = f"{r.fake_probability:.3f}" if r.fake_probability is not None else "-"
+        if r.faces is not None:
+            n_faces = str(len(r.faces))
+        elif r.frames is not None:
+            n_faces = str(sum(len(f.faces) for f in r.frames))
+        else:
+            n_faces = "-"
+        table.add_row(r.path, r.status, f"[{style}]{verdict}[/]", prob, n_faces, r.sha256 or "-")
+        if r.error:
+            table.add_row(f"  [dim]{r.error}[/]", "", "", "", "", "")
+        for tr in r.tracks or []:
+            label = tr.label_strict if strict else tr.label
+            table.add_row(
+                f"  track {tr.id}: {len(tr.frames)} faces, {tr.first_time:.2f}-{tr.last_time:.2f} s",
+                "",
+                label,
+                f"{tr.fake_probability:.3f}",
+                str(len(tr.frames)),
+                "",
+            )
+    console.print(table)
+    if results and results[0].model is not None:
+        m = results[0].model
+        threshold = m.threshold_strict if strict else m.threshold_balanced
+        console.print(
+            f"model {m.name} {m.version}, {'strict' if strict else 'balanced'} threshold {threshold:.3f}"
+        )
+
 
 def register(app: typer.Typer) -> None:
-    """Register this module's subcommands on the `facetrust` app."""
+    """Register `facetrust scan` on the `facetrust` app."""
+
+    @app.command("scan")
+    def scan(
+        paths: Annotated[list[Path], typer.Argument(help="image/video files or directories (recursive)")],
+        json_out: Annotated[
+            bool, typer.Option("--json", help="print a JSON list of results (one per file) to stdout")
+        ] = False,
+        frames: Annotated[
+            int | None, typer.Option("--frames", help="sample N frames evenly per video (default 32)")
+        ] = None,
+        fps: Annotated[float | None, typer.Option("--fps", help="sample F frames per second")] = None,
+        all_frames: Annotated[bool, typer.Option("--all-frames", help="analyse every frame")] = False,
+        model: Annotated[
+            Path | None, typer.Option("--model", help="ONNX classifier with a model card")
+        ] = None,
+        strict: Annotated[
+            bool, typer.Option("--strict", help="judge with the strict (low false-positive) threshold")
+        ] = False,
+    ) -> None:
+        """Find every face in images and videos and score it as real or fake.
+
+        Exit code 0: nothing judged fake (no_face counts as not fake); 1: something
+        judged fake; 2: a file could not be analysed or the command failed.
+        """
+        try:
+            sampling = _sampling(frames, fps, all_frames)
+        except typer.BadParameter as exc:
+            raise _fail(str(exc)) from None
+
+        from detector.analyze import create_analyzer
+        from detector.card import ModelCardError
+        from detector.schema import AnalysisResult, Status
+
+        try:
+            analyzer = create_analyzer(model)
+        except ModelCardError as exc:
+            raise _fail(str(exc)) from None
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise _fail(f"cannot start the analyzer: {exc}") from None
+
+        files: list[Path] = []
+        missing: list[Path] = []
+        for p in paths:
+            if p.exists():
+                files.extend(iter_scan_paths(p))
+            else:
+                missing.append(p)
+        results = [
+            AnalysisResult(path=str(p), status=Status.unreadable, error=f"no such file or directory: {p}")
+            for p in missing
+        ]
+        results += _analyze_all(analyzer, files, sampling)
+
+        if json_out:
+            sys.stdout.write(json.dumps([r.model_dump(mode="json") for r in results], indent=2) + "\n")
+        else:
+            _print_table(results, strict)
+        raise typer.Exit(exit_code(results, strict))
+
+
+def _analyze_all(analyzer: Any, files: list[Path], sampling: Any) -> list[Any]:
+    """Analyse ``files`` in order with a progress bar on stderr (only when it is a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    results = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        overall = bar.add_task("files", total=len(files))
+        for path in files:
+            task = bar.add_task(f"  {path.name[:40]}", total=None)
+
+            def progress(done: int, total: int, task: Any = task) -> None:
+                bar.update(task, completed=done, total=total)
+
+            results.append(analyzer.analyze_path(path, sampling=sampling, progress=progress))
+            bar.remove_task(task)
+            bar.advance(overall)
+    return results

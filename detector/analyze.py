@@ -1,0 +1,480 @@
+"""The analyzer: bytes or a path in, one :class:`~detector.schema.AnalysisResult` out.
+
+Pipeline: sniff the format (allowlist) -> decode (image, or sampled video frames) ->
+detect faces (MTCNN, batched) -> THE crop (:func:`detector.crops.crop_face` with the
+card's margin and size) -> one classifier call per batch -> named aggregation rules
+(:mod:`detector.aggregate`). Bad inputs never raise: the result's ``status`` says why
+and carries no score. An unexpected exception becomes status ``error`` with its message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector import aggregate
+from detector.card import ModelCard
+from detector.classifier import Classifier, ScoreBatch, resolve_model_path
+from detector.crops import crop_face
+from detector.media import (
+    SNIFF_BYTES,
+    MediaError,
+    decode_image,
+    describe_unknown,
+    media_type_of,
+    sha256_file,
+    sniff,
+)
+from detector.schema import AnalysisResult, Face, Frame, ModelInfo, Status, Track, VideoInfo
+from detector.tracks import link_tracks
+from detector.video import Sampling, VideoLimits, iter_sampled_frames
+
+Progress = Callable[[int, int], None]
+Cancel = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps applied to every file; anything over them gets status ``too_large`` or ``timeout``.
+
+    ``max_file_bytes``: size of the file; ``max_image_pixels`` / ``max_image_side``: a
+    still image's width x height and longer side (checked from the header, before
+    decoding); ``max_video_pixels``: width x height of a video frame;
+    ``max_video_seconds``: duration; ``max_video_frames``: frames decoded;
+    ``max_sampled_frames``: frames analysed (matters with ``--all-frames``);
+    ``time_limit``: seconds of analysis per file (``timeout`` past it).
+    """
+
+    max_file_bytes: int = 2 * 1024**3
+    max_image_pixels: int = 50_000_000
+    max_image_side: int = 20_000
+    max_video_pixels: int = 4096 * 2160
+    max_video_seconds: float = 600.0
+    max_video_frames: int = 20_000
+    max_sampled_frames: int = 5_000
+    time_limit: float = 600.0
+
+    def video_limits(self) -> VideoLimits:
+        """The :class:`detector.video.VideoLimits` these limits imply."""
+        return VideoLimits(
+            max_duration_s=self.max_video_seconds,
+            max_pixels_per_frame=self.max_video_pixels,
+            max_decoded_frames=self.max_video_frames,
+            max_sampled_frames=self.max_sampled_frames,
+        )
+
+
+class _Timer:
+    """Accumulates seconds per stage."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.stages: dict[str, float] = {"decode": 0.0, "detect": 0.0, "classify": 0.0}
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + (now - since)
+        return now
+
+    def done(self) -> dict[str, float]:
+        return {**{k: round(v, 6) for k, v in self.stages.items()},
+                "total": round(time.perf_counter() - self.t0, 6)}
+
+
+class _Timeout(Exception):
+    """The per-file time limit was reached."""
+
+
+class _Cancelled(Exception):
+    """The caller's cancel() returned True."""
+
+
+class Analyzer:
+    """Scores every face of images and videos with one classifier and one face detector.
+
+    ``model``: a :class:`Classifier`, a path to an ONNX model with a card, or ``None`` for
+    the shipped default. ``face_detector``: anything with ``detect``/``detect_batch``
+    (default: :func:`detector.faces.create_face_detector`). ``batch_size``: sampled video
+    frames detected and classified together. Raises
+    :class:`~detector.card.ModelCardError` for a missing or invalid model.
+    """
+
+    def __init__(
+        self,
+        model: Classifier | str | os.PathLike[str] | None = None,
+        *,
+        limits: Limits | None = None,
+        face_detector: Any | None = None,
+        batch_size: int = 16,
+        threads: int | None = None,
+    ) -> None:
+        if isinstance(model, Classifier):
+            self.classifier = model
+        else:
+            self.classifier = Classifier(resolve_model_path(model), threads=threads)
+        self.card: ModelCard = self.classifier.card
+        self.limits = limits or Limits()
+        if face_detector is None:
+            from detector.faces import create_face_detector
+
+            face_detector = create_face_detector()
+        self.face_detector = face_detector
+        self.batch_size = max(1, int(batch_size))
+        self.model_info = ModelInfo(
+            name=self.card.name,
+            version=self.card.version,
+            threshold_balanced=self.card.threshold_balanced,
+            threshold_strict=self.card.threshold_strict,
+        )
+
+    # -- public API --------------------------------------------------------------------
+    def analyze_path(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sampling: Sampling | None = None,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> AnalysisResult:
+        """Analyse one file (image or video, recognised by its content)."""
+        path = Path(path)
+        timer = _Timer()
+        base = self._base(str(path))
+        try:
+            if not path.is_file():
+                raise MediaError(Status.unreadable, f"not a readable file: {path}")
+            base.size_bytes = self._check_size(path.stat().st_size)
+            with open(path, "rb") as fh:
+                head = fh.read(SNIFF_BYTES)
+            if _media_kind(head, path.read_bytes) == "image":
+                data = path.read_bytes()
+                base.sha256 = hashlib.sha256(data).hexdigest()
+                result = self._image(data, str(path), base, timer)
+            else:
+                base.sha256 = sha256_file(path)
+                result = self._video(path, str(path), base, timer, sampling, progress, cancel)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+            result = self._failed(base, exc, timer)
+        return result
+
+    def analyze_bytes(
+        self,
+        data: bytes,
+        name: str,
+        *,
+        sampling: Sampling | None = None,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> AnalysisResult:
+        """Analyse an in-memory file; videos go through a temporary file, always removed."""
+        timer = _Timer()
+        base = self._base(name)
+        base.size_bytes = len(data)
+        base.sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            self._check_size(len(data))
+            if _media_kind(data[:SNIFF_BYTES], lambda: data) == "image":
+                return self._image(data, name, base, timer)
+            fd, tmp = tempfile.mkstemp(prefix="facetrust-", suffix=Path(name).suffix[:16])
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                return self._video(Path(tmp), name, base, timer, sampling, progress, cancel)
+            finally:
+                os.unlink(tmp)
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(base, exc, timer)
+
+    def analyze_image(self, data: bytes, name: str) -> AnalysisResult:
+        """Analyse an encoded still image (JPEG, PNG, ... as allowed by :func:`sniff`)."""
+        timer = _Timer()
+        base = self._base(name)
+        base.size_bytes = len(data)
+        base.sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            if _media_kind(data[:SNIFF_BYTES], lambda: data) != "image":
+                raise MediaError(Status.unsupported, "this is a video, not a still image")
+            return self._image(data, name, base, timer)
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(base, exc, timer)
+
+    def analyze_video(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sampling: Sampling | None = None,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+        name: str | None = None,
+    ) -> AnalysisResult:
+        """Analyse a video file; ``name`` is reported as the result's path (default: ``path``)."""
+        path = Path(path)
+        timer = _Timer()
+        base = self._base(name or str(path))
+        try:
+            if not path.is_file():
+                raise MediaError(Status.unreadable, f"not a readable file: {path}")
+            base.size_bytes = self._check_size(path.stat().st_size)
+            base.sha256 = sha256_file(path)
+            return self._video(path, base.path, base, timer, sampling, progress, cancel)
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(base, exc, timer)
+
+    # -- internals ---------------------------------------------------------------------
+    def _check_size(self, size: int) -> int:
+        """``size`` if within ``limits.max_file_bytes``; else ``MediaError('too_large')``."""
+        if size > self.limits.max_file_bytes:
+            limit = self.limits.max_file_bytes
+            raise MediaError(Status.too_large, f"file is {size:,} bytes, over the {limit:,}-byte limit")
+        return size
+
+    def _base(self, name: str) -> AnalysisResult:
+        return AnalysisResult(path=name, status=Status.error, model=self.model_info)
+
+    def _failed(self, base: AnalysisResult, exc: BaseException, timer: _Timer) -> AnalysisResult:
+        if isinstance(exc, MediaError):
+            status, message = _media_status(exc), str(exc)
+        elif isinstance(exc, _Timeout):
+            status, message = Status.timeout, str(exc)
+        elif isinstance(exc, _Cancelled):
+            status, message = Status.cancelled, "cancelled by the caller"
+        else:
+            status, message = Status.error, f"{type(exc).__name__}: {exc}"
+        return base.model_copy(
+            update={
+                "status": status,
+                "error": message,
+                "fake_probability": None,
+                "label": None,
+                "label_strict": None,
+                "aggregation": None,
+                "timings": timer.done(),
+            }
+        )
+
+    def _crops_and_scores(
+        self, images: Sequence[np.ndarray], faces_per_image: Sequence[Sequence[Any]]
+    ) -> ScoreBatch:
+        """One classifier call for every face of every image (THE crop, card's margin/size)."""
+        card = self.card
+        crops = [
+            crop_face(img, f.box, card.crop_margin, card.input_size)
+            for img, faces in zip(images, faces_per_image, strict=True)
+            for f in faces
+        ]
+        s = card.input_size
+        stack = np.stack(crops) if crops else np.zeros((0, s, s, 3), np.uint8)
+        return self.classifier.score(stack)
+
+    def _face(self, det: Any, scores: ScoreBatch, i: int, track_id: int | None = None) -> Face:
+        p = float(scores.probabilities[i])
+        heads = None
+        if scores.head_probabilities is not None:
+            heads = {
+                n: float(v) for n, v in zip(self.card.head_names, scores.head_probabilities[i], strict=True)
+            }
+        return Face(
+            box=[float(v) for v in det.box],
+            landmarks=[[float(x), float(y)] for x, y in det.landmarks],
+            detection_score=float(det.score),
+            fake_probability=p,
+            label=self.card.label_for(p),
+            label_strict=self.card.label_for(p, strict=True),
+            head_probabilities=heads,
+            track_id=track_id,
+        )
+
+    def _verdict(self, result: AnalysisResult, probability: float, rule: str) -> AnalysisResult:
+        result.status = Status.ok
+        result.fake_probability = probability
+        result.label = self.card.label_for(probability)
+        result.label_strict = self.card.label_for(probability, strict=True)
+        result.aggregation = rule
+        return result
+
+    def _image(self, data: bytes, name: str, base: AnalysisResult, timer: _Timer) -> AnalysisResult:
+        result = base.model_copy(update={"path": name, "media_type": "image"})
+        t = time.perf_counter()
+        image = decode_image(
+            data, max_pixels=self.limits.max_image_pixels, max_side=self.limits.max_image_side
+        )
+        result.height, result.width = int(image.shape[0]), int(image.shape[1])
+        t = timer.add("decode", t)
+        detections = list(self.face_detector.detect(image))
+        t = timer.add("detect", t)
+        scores = self._crops_and_scores([image], [detections])
+        timer.add("classify", t)
+        result.faces = [self._face(d, scores, i) for i, d in enumerate(detections)]
+        verdict = aggregate.image_verdict([f.fake_probability for f in result.faces])
+        if verdict is None:
+            result.status, result.error = Status.no_face, "no face found in the image"
+        else:
+            self._verdict(result, verdict.probability, verdict.rule)
+        result.timings = timer.done()
+        return result
+
+    def _video(
+        self,
+        path: Path,
+        name: str,
+        base: AnalysisResult,
+        timer: _Timer,
+        sampling: Sampling | None,
+        progress: Progress | None,
+        cancel: Cancel | None,
+    ) -> AnalysisResult:
+        sampling = sampling or Sampling()
+        deadline = time.monotonic() - (time.perf_counter() - timer.t0) + self.limits.time_limit
+        result = base.model_copy(update={"path": name, "media_type": "video"})
+        frames: list[Frame] = []
+        detections: list[list[Any]] = []
+        t = time.perf_counter()
+        with iter_sampled_frames(
+            path, sampling, limits=self.limits.video_limits(), deadline=deadline
+        ) as sampled:
+            timer.add("decode", t)
+            group: list[Any] = []
+            while True:
+                if cancel is not None and cancel():
+                    raise _Cancelled()
+                if time.monotonic() > deadline:
+                    raise _Timeout(f"analysis exceeded the {self.limits.time_limit:g} s time limit")
+                t = time.perf_counter()
+                frame = next(sampled, None)
+                timer.add("decode", t)
+                if frame is not None:
+                    group.append(frame)
+                if group and (frame is None or len(group) >= self.batch_size):
+                    self._video_group(group, frames, detections, timer)
+                    if progress is not None:
+                        total = max(sampled.planned, len(frames))
+                        for done in range(len(frames) - len(group) + 1, len(frames) + 1):
+                            progress(done, total)
+                    group = []
+                if frame is None:
+                    break
+            meta = sampled.meta
+            result.video = VideoInfo(
+                width=int(meta.width),
+                height=int(meta.height),
+                rotation=int(meta.rotation),
+                fps=meta.fps,
+                duration=meta.duration,
+                frames_decoded=int(sampled.frames_decoded),
+                frames_sampled=len(frames),
+                sampling=sampling.describe(),
+            )
+        result.width, result.height = result.video.width, result.video.height
+        if time.monotonic() > deadline:
+            raise _Timeout(f"analysis exceeded the {self.limits.time_limit:g} s time limit")
+
+        for frame, ids in zip(frames, link_tracks(detections), strict=True):
+            for face, tid in zip(frame.faces, ids, strict=True):
+                face.track_id = tid
+        result.frames = frames
+        result.tracks = _tracks(frames, self.card)
+        verdict = aggregate.video_verdict(
+            {tr.id: tr.fake_probability for tr in result.tracks},
+            {tr.id: len(tr.frames) for tr in result.tracks},
+        )
+        if verdict is None:
+            result.status, result.error = Status.no_face, "no face found in any sampled frame"
+        else:
+            self._verdict(result, verdict.probability, verdict.rule)
+        result.timings = timer.done()
+        return result
+
+    def _video_group(
+        self, group: list[Any], frames: list[Frame], detections: list[list[Any]], timer: _Timer
+    ) -> None:
+        """Detect (one batch) and classify (one call) the faces of a group of sampled frames."""
+        t = time.perf_counter()
+        images = [f.image_rgb for f in group]
+        dets = [list(d) for d in self.face_detector.detect_batch(images)]
+        t = timer.add("detect", t)
+        scores = self._crops_and_scores(images, dets)
+        timer.add("classify", t)
+        i = 0
+        for f, faces in zip(group, dets, strict=True):
+            out = [self._face(d, scores, i + j) for j, d in enumerate(faces)]
+            i += len(faces)
+            frames.append(
+                Frame(
+                    index=int(f.index),
+                    time=float(f.time),
+                    faces=out,
+                    fake_probability=aggregate.frame_score([x.fake_probability for x in out]),
+                )
+            )
+            detections.append(faces)
+
+
+def _tracks(frames: Sequence[Frame], card: ModelCard) -> list[Track]:
+    """Group faces by track id and score each track with :func:`aggregate.track_score`."""
+    members: dict[int, list[tuple[Frame, Face]]] = {}
+    for frame in frames:
+        for face in frame.faces:
+            members.setdefault(int(face.track_id or 0), []).append((frame, face))
+    tracks = []
+    for tid in sorted(members):
+        items = members[tid]
+        p = aggregate.track_score([face.fake_probability for _, face in items])
+        tracks.append(
+            Track(
+                id=tid,
+                frames=[fr.index for fr, _ in items],
+                first_time=items[0][0].time,
+                last_time=items[-1][0].time,
+                fake_probability=p,
+                label=card.label_for(p),
+                label_strict=card.label_for(p, strict=True),
+            )
+        )
+    return tracks
+
+
+def _media_kind(head: bytes, whole: Callable[[], bytes]) -> str:
+    """``'image'`` or ``'video'`` from the magic bytes (``whole()`` is read only for GIFs).
+
+    Raises :class:`MediaError`: ``unreadable`` for an empty file, ``unsupported`` for
+    anything outside the allowlist of :mod:`detector.media`.
+    """
+    if not head:
+        raise MediaError(Status.unreadable, "empty file")
+    kind = sniff(head)
+    if kind is None:
+        raise MediaError(
+            Status.unsupported,
+            f"not an allowed image or video format ({describe_unknown(head)}); allowed: "
+            "JPEG, PNG, WebP, BMP, GIF, MP4/MOV, WebM/MKV, AVI",
+        )
+    return media_type_of(kind, whole() if kind == "gif" else None)
+
+
+def _media_status(exc: MediaError) -> Status:
+    try:
+        return Status(exc.status)
+    except ValueError:
+        return Status.unreadable
+
+
+def create_analyzer(
+    model: Classifier | str | os.PathLike[str] | None = None,
+    *,
+    limits: Limits | None = None,
+    face_detector: Any | None = None,
+    batch_size: int = 16,
+    threads: int | None = None,
+) -> Analyzer:
+    """Build an :class:`Analyzer` (the shipped default model when ``model`` is None)."""
+    return Analyzer(
+        model, limits=limits, face_detector=face_detector, batch_size=batch_size, threads=threads
+    )
