@@ -45,7 +45,34 @@ _EXPORTS = {
     "link_tracks": "detector.tracks",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AnalysisResult",
+    "Analyzer",
+    "Calibration",
+    "Classifier",
+    "DetectedFace",
+    "Face",
+    "FaceDetector",
+    "Frame",
+    "Limits",
+    "MediaError",
+    "MediaType",
+    "ModelCard",
+    "ModelCardError",
+    "ModelInfo",
+    "Sampling",
+    "ScoreBatch",
+    "Status",
+    "Track",
+    "VideoInfo",
+    "VideoLimits",
+    "create_analyzer",
+    "create_face_detector",
+    "crop_face",
+    "default_model_path",
+    "link_tracks",
+    "read_card",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from detector.analyze import Analyzer, Limits, create_analyzer

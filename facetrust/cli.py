@@ -18,6 +18,12 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Find every face in images and videos and score it as real or manipulated."""
+    # A callback keeps `facetrust` a command group even while only one subcommand exists.
+
+
 def _register() -> None:
     from facetrust import _scan, _serve, _train
 
