@@ -1,0 +1,258 @@
+"""End-to-end analyzer tests: real MTCNN, a real tiny ONNX classifier, real photos and videos."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import detector
+from detector.analyze import Analyzer, Limits, create_analyzer
+from detector.card import ModelCardError
+from detector.crops import crop_face
+from detector.faces import FaceDetector
+from detector.schema import AnalysisResult
+from detector.video import Sampling
+from tests.detector import media_factory as mf
+from tests.detector.scan_media import HEAD, face_video, jpeg_bytes, no_face_image, png_bytes
+
+
+@pytest.fixture(scope="module")
+def detector_() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def analyzer(tiny_model: Path, detector_: FaceDetector) -> Analyzer:
+    return create_analyzer(tiny_model, face_detector=detector_)
+
+
+@pytest.fixture(scope="module")
+def one_person(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
+    return face_video(tmp_path_factory.mktemp("v") / "one.mp4", astronaut, people=1, frames=24)
+
+
+@pytest.fixture(scope="module")
+def two_people(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
+    return face_video(tmp_path_factory.mktemp("v") / "two.mp4", astronaut, people=2, frames=24)
+
+
+def _assert_no_verdict(r: AnalysisResult, status: str) -> None:
+    assert r.status == status, (r.status, r.error)
+    assert r.fake_probability is None and r.label is None and r.label_strict is None
+    assert r.error
+
+
+def test_package_reexports_everything_it_lists() -> None:
+    assert {"create_analyzer", "Analyzer", "Limits", "Sampling", "AnalysisResult", "ModelCard"} <= set(
+        detector.__all__
+    )
+    for name in detector.__all__:
+        assert getattr(detector, name) is not None
+    assert set(detector.__all__) == set(detector._EXPORTS)
+
+
+def test_astronaut_photo_one_face_scored(analyzer: Analyzer, astronaut: np.ndarray) -> None:
+    data = jpeg_bytes(astronaut)
+    r = analyzer.analyze_bytes(data, "astronaut.jpg")
+    assert r.status == "ok" and r.error is None and r.media_type == "image"
+    assert (r.width, r.height) == (512, 512)
+    assert r.sha256 == hashlib.sha256(data).hexdigest() and r.size_bytes == len(data)
+    assert r.faces is not None and len(r.faces) == 1
+    face = r.faces[0]
+    x0, y0, x1, y1 = face.box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    assert 190 < cx < 260 and 80 < cy < 160 and 60 < x1 - x0 < 140  # on her face
+    assert len(face.landmarks) == 5 and face.detection_score > 0.9
+    assert 0.0 <= r.fake_probability <= 1.0 and r.fake_probability == face.fake_probability
+    card = analyzer.card
+    assert r.label == ("fake" if r.fake_probability >= card.threshold_balanced else "real")
+    assert r.label_strict == ("fake" if r.fake_probability >= card.threshold_strict else "real")
+    assert r.aggregation == "max_face"
+    assert r.model is not None and r.model.name == card.name and r.model.version == card.version
+    assert set(r.timings) == {"decode", "detect", "classify", "total"}
+    assert r.timings["total"] >= r.timings["detect"] > 0
+    # the score is the classifier's on THE crop (card margin and size) of the decoded image
+    from detector.media import decode_image
+
+    image = decode_image(data)
+    crop = crop_face(image, face.box, card.crop_margin, card.input_size)
+    expected = analyzer.classifier.score(crop[None]).probabilities[0]
+    assert face.fake_probability == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_path_image_and_bytes_agree(analyzer: Analyzer, astronaut: np.ndarray, tmp_path: Path) -> None:
+    data = png_bytes(astronaut)
+    path = tmp_path / "astro.png"
+    path.write_bytes(data)
+    a = analyzer.analyze_path(path)
+    b = analyzer.analyze_image(data, "astro.png")
+    assert a.status == b.status == "ok"
+    assert a.sha256 == b.sha256 == hashlib.sha256(data).hexdigest()
+    assert a.fake_probability == pytest.approx(b.fake_probability)
+    assert a.path == str(path)
+
+
+def test_two_faces_in_one_image_are_scored_in_one_call(analyzer: Analyzer, astronaut: np.ndarray) -> None:
+    x0, y0, x1, y1 = HEAD
+    head = astronaut[y0:y1, x0:x1]
+    canvas = np.full((300, 500, 3), 80, np.uint8)
+    canvas[40 : 40 + head.shape[0], 20 : 20 + head.shape[1]] = head
+    canvas[40 : 40 + head.shape[0], 270 : 270 + head.shape[1]] = head[:, ::-1]
+    calls: list[int] = []
+    clf = analyzer.classifier
+    real = clf.score
+
+    def counting(crops: np.ndarray):
+        calls.append(len(crops))
+        return real(crops)
+
+    clf.score = counting  # type: ignore[method-assign]
+    try:
+        r = analyzer.analyze_bytes(png_bytes(canvas), "pair.png")
+    finally:
+        del clf.score
+    assert r.status == "ok" and r.faces is not None and len(r.faces) == 2
+    assert calls == [2]
+    assert r.fake_probability == max(f.fake_probability for f in r.faces)
+
+
+def test_no_face_image(analyzer: Analyzer) -> None:
+    r = analyzer.analyze_bytes(png_bytes(no_face_image()), "gradient.png")
+    _assert_no_verdict(r, "no_face")
+    assert r.faces == [] and r.sha256 and r.width == 256
+
+
+def test_one_person_video(analyzer: Analyzer, one_person: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    r = analyzer.analyze_path(
+        one_person, sampling=Sampling("count", 8), progress=lambda d, t: seen.append((d, t))
+    )
+    assert r.status == "ok" and r.media_type == "video", r.error
+    assert seen == [(i, 8) for i in range(1, 9)]
+    assert r.frames is not None and len(r.frames) == 8 and r.faces is None
+    assert [f.index for f in r.frames] == sorted(f.index for f in r.frames)
+    assert all(len(f.faces) == 1 for f in r.frames)
+    assert r.tracks is not None and len(r.tracks) == 1
+    track = r.tracks[0]
+    assert track.frames == [f.index for f in r.frames] and track.first_time == 0.0
+    assert r.fake_probability == pytest.approx(track.fake_probability)
+    assert 0.0 <= r.fake_probability <= 1.0 and r.label == analyzer.card.label_for(r.fake_probability)
+    assert r.aggregation.startswith("max_track(min_faces=3)")
+    assert r.video is not None and r.video.frames_sampled == 8 and r.video.sampling == "count=8"
+    assert (r.video.width, r.video.height, r.width) == (640, 360, 640)
+    assert r.video.fps == pytest.approx(12.0) and r.video.duration == pytest.approx(2.0, abs=0.1)
+    assert r.sha256 == hashlib.sha256(one_person.read_bytes()).hexdigest()
+    assert set(r.timings) == {"decode", "detect", "classify", "total"}
+
+
+def test_two_people_two_tracks(analyzer: Analyzer, two_people: Path) -> None:
+    r = analyzer.analyze_video(two_people, sampling=Sampling("fps", 4), name="two.mp4")
+    assert r.status == "ok" and r.path == "two.mp4", r.error
+    assert r.tracks is not None and len(r.tracks) == 2
+    n = len(r.frames)
+    assert n == 8 and all(len(t.frames) == n for t in r.tracks)
+    for frame in r.frames:
+        left, right = sorted(frame.faces, key=lambda f: f.box[0])
+        assert (left.track_id, right.track_id) == (0, 1)
+        assert frame.fake_probability == max(left.fake_probability, right.fake_probability)
+    assert r.fake_probability == pytest.approx(max(t.fake_probability for t in r.tracks))
+
+
+def test_cancel_and_timeout(analyzer: Analyzer, one_person: Path, tiny_model: Path, detector_) -> None:
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    r = analyzer.analyze_path(one_person, sampling=Sampling("count", 8), cancel=cancel)
+    _assert_no_verdict(r, "cancelled")
+    strict = Analyzer(tiny_model, face_detector=detector_, limits=Limits(time_limit=1e-6))
+    _assert_no_verdict(strict.analyze_path(one_person), "timeout")
+
+
+def test_no_face_video(analyzer: Analyzer, tmp_path: Path) -> None:
+    path = mf.write_video(tmp_path / "plain.mp4", n_frames=10)  # coded patterns, no face
+    r = analyzer.analyze_path(path, sampling=Sampling("count", 4))
+    _assert_no_verdict(r, "no_face")
+    assert r.tracks == [] and r.frames is not None and len(r.frames) == 4
+
+
+def test_rotated_phone_video_is_analysed_upright(analyzer: Analyzer, astronaut, tmp_path: Path) -> None:
+    path = mf.write_video(tmp_path / "phone.mp4", n_frames=6, size=(360, 640), rotation=90, draw=astronaut)
+    r = analyzer.analyze_path(path, sampling=Sampling("all"))
+    assert r.status == "ok", r.error
+    assert r.video.rotation == 90 and (r.width, r.height) == (360, 640)
+    assert len(r.frames) == 6 and all(len(f.faces) == 1 for f in r.frames)
+    assert len(r.tracks) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "status"),
+    [
+        ("empty.jpg", lambda a, d: b"", "unreadable"),
+        ("notes.jpg", lambda a, d: mf.text_bytes(), "unsupported"),
+        ("cut.jpg", lambda a, d: mf.truncated(jpeg_bytes(a), 0.5), "unreadable"),
+        ("cut.png", lambda a, d: mf.truncated(png_bytes(a), 0.5), "unreadable"),
+        ("huge.png", lambda a, d: mf.png_bomb(20000), "too_large"),
+        ("cut.mp4", lambda a, d: mf.truncated(d.read_bytes(), 0.5), "unreadable"),
+    ],
+)
+def test_bad_inputs_get_a_status_and_no_score(
+    analyzer: Analyzer, astronaut, one_person, tmp_path, monkeypatch, name, make, status
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = make(astronaut, one_person)
+    r = analyzer.analyze_bytes(data, name)
+    _assert_no_verdict(r, status)
+    assert r.sha256 == hashlib.sha256(data).hexdigest()
+    assert os.listdir(tmp_path) == []  # the temporary video copy is always removed
+    path = tmp_path / name
+    path.write_bytes(data)
+    _assert_no_verdict(analyzer.analyze_path(path), status)
+
+
+def test_zero_frame_video_missing_file_and_size_cap(
+    analyzer: Analyzer, tmp_path: Path, tiny_model: Path, detector_, astronaut
+) -> None:
+    zero = mf.write_zero_frame_video(tmp_path / "zero.avi")
+    _assert_no_verdict(analyzer.analyze_path(zero), "unreadable")
+    _assert_no_verdict(analyzer.analyze_path(tmp_path / "absent.jpg"), "unreadable")
+    small = Analyzer(tiny_model, face_detector=detector_, limits=Limits(max_file_bytes=1000))
+    r = small.analyze_bytes(jpeg_bytes(astronaut), "a.jpg")
+    _assert_no_verdict(r, "too_large")
+    assert "limit" in r.error
+
+
+def test_unexpected_failure_is_status_error_not_a_score(tiny_model: Path, astronaut) -> None:
+    class BrokenDetector(FaceDetector):
+        def detect_batch(self, images):
+            raise RuntimeError("detector exploded")
+
+    r = Analyzer(tiny_model, face_detector=BrokenDetector()).analyze_bytes(jpeg_bytes(astronaut), "a.jpg")
+    _assert_no_verdict(r, "error")
+    assert "detector exploded" in r.error
+
+
+def test_bad_model_is_refused(tmp_path: Path, detector_) -> None:
+    with pytest.raises(ModelCardError, match="not found"):
+        Analyzer(tmp_path / "missing.onnx", face_detector=detector_)
+
+
+@pytest.mark.slow
+def test_shared_real_videos(analyzer: Analyzer, shared_data: Path) -> None:
+    videos = shared_data / "videos" / "real"
+    one = analyzer.analyze_path(videos / "liveportrait_d11.mp4", sampling=Sampling("count", 8))
+    assert one.status == "ok", one.error
+    long_tracks = [t for t in one.tracks if len(t.frames) >= 3]
+    assert len(long_tracks) == 1 and len(long_tracks[0].frames) >= 6
+    street = analyzer.analyze_path(videos / "facenet_street.mp4", sampling=Sampling("count", 8))
+    assert street.status == "ok", street.error
+    assert street.video.height == 1080 and street.video.frames_sampled == 8
+    assert len([t for t in street.tracks if len(t.frames) >= 3]) >= 2  # several people
+    assert 0.0 <= street.fake_probability <= 1.0
