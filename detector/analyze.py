@@ -152,14 +152,12 @@ class Analyzer:
             if not path.is_file():
                 raise MediaError(Status.unreadable, f"not a readable file: {path}")
             base.size_bytes = self._check_size(path.stat().st_size)
+            base.sha256 = sha256_file(path)
             with open(path, "rb") as fh:
                 head = fh.read(SNIFF_BYTES)
             if _media_kind(head, path.read_bytes) == "image":
-                data = path.read_bytes()
-                base.sha256 = hashlib.sha256(data).hexdigest()
-                result = self._image(data, str(path), base, timer)
+                result = self._image(path.read_bytes(), str(path), base, timer)
             else:
-                base.sha256 = sha256_file(path)
                 result = self._video(path, str(path), base, timer, sampling, progress, cancel)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             result = self._failed(base, exc, timer)

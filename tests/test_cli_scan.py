@@ -1,0 +1,150 @@
+"""`facetrust scan` run as a real subprocess: JSON fields, table output, exit codes, bad inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tests.detector import media_factory as mf
+from tests.detector.scan_media import face_video, jpeg_bytes, no_face_image, png_bytes
+
+
+def scan(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m facetrust scan ARGS`` and return the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "facetrust", "scan", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def scan_json(*args: str | Path) -> tuple[int, list[dict], str]:
+    proc = scan("--json", *args)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("media")
+    files = {
+        "face": d / "astronaut.jpg",
+        "noface": d / "gradient.png",
+        "video": d / "two.mp4",
+    }
+    files["face"].write_bytes(jpeg_bytes(astronaut))
+    files["noface"].write_bytes(png_bytes(no_face_image()))
+    face_video(files["video"], astronaut, people=2, frames=24)
+    return files
+
+
+def test_ok_image_json(tiny_model: Path, media: dict[str, Path]) -> None:
+    code, out, _ = scan_json(media["face"], "--model", tiny_model)
+    assert isinstance(out, list) and len(out) == 1
+    r = out[0]
+    assert r["status"] == "ok" and r["media_type"] == "image" and r["path"] == str(media["face"])
+    assert r["sha256"] == hashlib.sha256(media["face"].read_bytes()).hexdigest()
+    assert len(r["faces"]) == 1 and 0.0 <= r["fake_probability"] <= 1.0
+    assert r["label"] == ("fake" if r["fake_probability"] >= r["model"]["threshold_balanced"] else "real")
+    assert r["aggregation"] == "max_face" and set(r["timings"]) >= {"decode", "detect", "classify", "total"}
+    assert code == (1 if r["label"] == "fake" else 0)
+    strict_code, strict_out, _ = scan_json(media["face"], "--model", tiny_model, "--strict")
+    assert strict_code == (1 if strict_out[0]["label_strict"] == "fake" else 0)
+
+
+def test_no_face_exits_zero_with_null_score(tiny_model: Path, media: dict[str, Path]) -> None:
+    code, out, _ = scan_json(media["noface"], "--model", tiny_model)
+    assert code == 0
+    assert out[0]["status"] == "no_face" and out[0]["fake_probability"] is None and out[0]["label"] is None
+
+
+def test_video_json_and_table(tiny_model: Path, media: dict[str, Path]) -> None:
+    code, out, _ = scan_json(media["video"], "--model", tiny_model, "--frames", "6")
+    r = out[0]
+    assert r["status"] == "ok" and r["media_type"] == "video"
+    assert len(r["frames"]) == 6 and len(r["tracks"]) == 2
+    assert r["video"]["sampling"] == "count=6" and r["video"]["frames_sampled"] == 6
+    assert code == (1 if r["label"] == "fake" else 0)
+    table = scan(media["video"], "--model", tiny_model, "--fps", "3")
+    assert table.returncode == code and "Traceback" not in table.stderr
+    assert hashlib.sha256(media["video"].read_bytes()).hexdigest() in table.stdout
+    assert "track 0" in table.stdout and "track 1" in table.stdout and "two.mp4" in table.stdout
+
+
+def test_directory_recursive_skips_hidden(tiny_model: Path, media: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jpg").write_bytes(media["face"].read_bytes())
+    (tmp_path / "a.png").write_bytes(media["noface"].read_bytes())
+    (tmp_path / "notes.txt").write_bytes(b"hello")
+    (tmp_path / ".hidden.jpg").write_bytes(media["face"].read_bytes())
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "x.jpg").write_bytes(media["face"].read_bytes())
+    code, out, _ = scan_json(tmp_path, "--model", tiny_model)
+    names = [Path(r["path"]).relative_to(tmp_path).as_posix() for r in out]
+    assert names == ["a.png", "notes.txt", "sub/b.jpg"]
+    assert [r["status"] for r in out] == ["no_face", "unsupported", "ok"]
+    assert code == 2  # the unsupported file is an error
+    table = scan(tmp_path, "--model", tiny_model)
+    assert table.returncode == 2
+    for r in out:
+        assert r["sha256"] in table.stdout
+
+
+BAD_INPUTS = {
+    "empty.jpg": (lambda a, v: b"", "unreadable"),
+    "truncated.jpg": (lambda a, v: mf.truncated(jpeg_bytes(a), 0.5), "unreadable"),
+    "truncated.png": (lambda a, v: mf.truncated(png_bytes(a), 0.5), "unreadable"),
+    "text.jpg": (lambda a, v: mf.text_bytes(), "unsupported"),
+    "huge.png": (lambda a, v: mf.png_bomb(20000), "too_large"),
+    "truncated.mp4": (lambda a, v: mf.truncated(v.read_bytes(), 0.5), "unreadable"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_status_and_exit_2(
+    name: str, tiny_model: Path, media: dict[str, Path], astronaut: np.ndarray, tmp_path: Path
+) -> None:
+    make, status = BAD_INPUTS[name]
+    path = tmp_path / name
+    path.write_bytes(make(astronaut, media["video"]))
+    code, out, _ = scan_json(path, "--model", tiny_model)
+    assert code == 2
+    assert out[0]["status"] == status and out[0]["error"]
+    assert out[0]["fake_probability"] is None and out[0]["label"] is None
+    assert out[0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_zero_frame_video_and_missing_path(tiny_model: Path, tmp_path: Path) -> None:
+    zero = mf.write_zero_frame_video(tmp_path / "zero.avi")
+    code, out, _ = scan_json(zero, tmp_path / "nope.mp4", "--model", tiny_model)
+    assert code == 2
+    statuses = {Path(r["path"]).name: r["status"] for r in out}
+    assert statuses == {"zero.avi": "unreadable", "nope.mp4": "unreadable"}
+    assert all(r["fake_probability"] is None for r in out)
+
+
+def test_bad_model_and_flags_exit_2_with_a_message(tmp_path: Path, media: dict[str, Path]) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    for model, expected in ((junk, "cannot load ONNX model"), (tmp_path / "absent.onnx", "not found")):
+        proc = scan(media["face"], "--model", model)
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.stdout == ""
+    from detector.classifier import default_model_path
+
+    if not default_model_path().is_file():
+        proc = scan(media["face"])
+        assert proc.returncode == 2 and "--model" in proc.stderr and "Traceback" not in proc.stderr
+    proc = scan(media["face"], "--frames", "4", "--all-frames")
+    assert proc.returncode == 2 and "only one of --frames, --fps, --all-frames" in proc.stderr
+    proc = scan(media["face"], "--fps", "0")
+    assert proc.returncode == 2 and "--fps must be > 0" in proc.stderr
