@@ -1,0 +1,287 @@
+"""Safe media intake: recognise files by their magic bytes, decode still images with caps.
+
+Only the content decides what a file is (never its name or Content-Type). The
+allowlist is:
+
+- images: ``'jpeg'``, ``'png'``, ``'webp'``, ``'bmp'``, ``'gif'`` (single frame);
+- videos: ``'mp4'`` (ISO BMFF / QuickTime: mp4, mov, m4v, 3gp), ``'webm'`` and
+  ``'mkv'`` (EBML / Matroska), ``'avi'`` (RIFF AVI), and animated ``'gif'``.
+
+Every refusal is a :class:`MediaError` whose ``status`` is a
+:class:`detector.schema.Status` (``unreadable``, ``unsupported``, ``too_large``,
+or ``timeout`` for :class:`MediaTimeout`) and whose message says why.
+
+Decompression bombs are refused from the header dimensions, before any pixel is
+decoded. The header is parsed by the format's own Pillow plugin class (not
+``Image.open``), so Pillow's global ``Image.MAX_IMAGE_PIXELS`` check and its
+``DecompressionBombWarning`` never fire here and are left untouched for other
+code; our own ``max_pixels``/``max_side`` caps take their place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import (
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    WebPImagePlugin,
+)
+
+from detector.schema import Status
+
+#: Bytes of a file's start that :func:`sniff` needs (it looks at no more than this).
+SNIFF_BYTES = 64
+
+IMAGE_KINDS = frozenset({"jpeg", "png", "webp", "bmp", "gif"})
+VIDEO_KINDS = frozenset({"mp4", "webm", "mkv", "avi", "gif"})
+
+#: Pillow plugin class per image kind: each parses only its own format.
+_PLUGINS: dict[str, type[ImageFile.ImageFile]] = {
+    "jpeg": JpegImagePlugin.JpegImageFile,
+    "png": PngImagePlugin.PngImageFile,
+    "webp": WebPImagePlugin.WebPImageFile,
+    "bmp": BmpImagePlugin.BmpImageFile,
+    "gif": GifImagePlugin.GifImageFile,
+}
+
+#: ISO BMFF brands that are still images (HEIF/AVIF), not videos.
+_IMAGE_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis", b"crx "}
+)
+#: First box types of old QuickTime files that have no ``ftyp`` box.
+_QT_BOXES = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+#: Sizes of the BMP DIB headers Pillow reads (core, info, v2..v5).
+_BMP_DIB_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
+
+# A truncated file must be an error, never a half-grey picture.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class MediaError(Exception):
+    """A file that cannot be analysed; ``status`` says why, ``str(exc)`` explains."""
+
+    def __init__(self, status: Status | str, message: str) -> None:
+        super().__init__(message)
+        self.status = Status(status)
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status.value!r}, {self.message!r})"
+
+
+class MediaTimeout(MediaError):
+    """Decoding went past its deadline (status ``timeout``)."""
+
+    def __init__(self, message: str = "decoding exceeded its time limit") -> None:
+        super().__init__(Status.timeout, message)
+
+
+# -- recognising formats ---------------------------------------------------------
+def sniff(head: bytes) -> str | None:
+    """The allowed format of a file from its first bytes (>= :data:`SNIFF_BYTES`), else ``None``.
+
+    Returns one of ``'jpeg' 'png' 'webp' 'bmp' 'gif' 'mp4' 'webm' 'mkv' 'avi'``.
+    Judges magic bytes only; whether a GIF is animated needs the whole file
+    (see :func:`media_type_of`).
+    """
+    h = bytes(head[:SNIFF_BYTES])
+    if h.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if h.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if h.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if len(h) >= 12 and h.startswith(b"RIFF"):
+        if h[8:12] == b"WEBP":
+            return "webp"
+        if h[8:12] == b"AVI ":
+            return "avi"
+        return None
+    if h.startswith(b"BM") and len(h) >= 18:
+        dib = struct.unpack_from("<I", h, 14)[0]
+        return "bmp" if dib in _BMP_DIB_SIZES else None
+    if h.startswith(b"\x1a\x45\xdf\xa3"):
+        # EBML header: the DocType string says webm or matroska.
+        return "webm" if b"webm" in h else "mkv"
+    if len(h) >= 12:
+        size = struct.unpack_from(">I", h, 0)[0]
+        box = h[4:8]
+        if box == b"ftyp" and size >= 8:
+            return None if h[8:12] in _IMAGE_BRANDS else "mp4"
+        if box in _QT_BOXES and (size == 1 or size >= 8):
+            return "mp4"
+    return None
+
+
+def sniff_file(path: str | os.PathLike[str]) -> str | None:
+    """:func:`sniff` applied to the first bytes of the file at ``path``."""
+    with open(path, "rb") as fh:
+        return sniff(fh.read(SNIFF_BYTES))
+
+
+def is_animated_gif(data: bytes) -> bool:
+    """True if ``data`` is a GIF with more than one frame (False for anything unreadable).
+
+    Reads frame headers only: no pixel is decoded, whatever the canvas size.
+    """
+    if sniff(data[:SNIFF_BYTES]) != "gif":
+        return False
+    try:
+        with GifImagePlugin.GifImageFile(io.BytesIO(data)) as im:
+            return bool(im.is_animated)
+    except Exception:  # any broken GIF: not treated as animated; decode_image reports it
+        return False
+
+
+def media_type_of(kind: str, data: bytes | None = None) -> Literal["image", "video"]:
+    """``'image'`` or ``'video'`` for a :func:`sniff` kind.
+
+    Rule for GIF: animated GIFs (more than one frame, decided from ``data`` by
+    :func:`is_animated_gif`) are videos; a single-frame GIF, or a GIF whose
+    bytes are not given, is an image. Raises ``ValueError`` for an unknown kind.
+    """
+    if kind == "gif":
+        return "video" if data is not None and is_animated_gif(data) else "image"
+    if kind in IMAGE_KINDS:
+        return "image"
+    if kind in VIDEO_KINDS:
+        return "video"
+    raise ValueError(f"unknown media kind {kind!r}")
+
+
+def describe_unknown(head: bytes) -> str:
+    """A short guess at what a refused file is, for error messages (``'ZIP archive'``...)."""
+    h = bytes(head[:SNIFF_BYTES])
+    if not h:
+        return "an empty file"
+    stripped = h.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    for magic, name in (
+        (b"pk\x03\x04", "a ZIP archive"),
+        (b"%pdf", "a PDF document"),
+        (b"<!doctype html", "an HTML page"),
+        (b"<html", "an HTML page"),
+        (b"<?xml", "an XML/SVG document"),
+        (b"<svg", "an SVG drawing"),
+        (b"\x7felf", "an executable"),
+        (b"mz", "an executable"),
+    ):
+        if stripped.startswith(magic):
+            return name
+    try:
+        h.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "an unrecognised binary file"
+
+
+# -- still images ---------------------------------------------------------------
+_ALLOWED_NAMES = "JPEG, PNG, WebP, BMP, GIF, MP4/MOV, WebM/MKV, AVI"
+
+
+def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 20_000) -> np.ndarray:
+    """Decode an allowed still image to ``H x W x 3`` uint8 RGB, upright.
+
+    - format from magic bytes only; video or unknown content -> ``unsupported``;
+      an animated GIF -> ``unsupported`` (analyse it as a video);
+    - ``width * height > max_pixels`` or a side ``> max_side`` -> ``too_large``,
+      decided from the header before any pixel is decoded;
+    - empty, truncated or corrupt data -> ``unreadable`` (the whole image is
+      decoded; truncation is never padded);
+    - the EXIF orientation is applied (a broken EXIF block is ignored);
+    - transparency is composited over white (as a browser page would show
+      it); 16-bit greyscale is scaled to 8 bits; palettes, CMYK, etc. become RGB.
+    """
+    data = bytes(data)
+    if not data:
+        raise MediaError(Status.unreadable, "empty file")
+    kind = sniff(data[:SNIFF_BYTES])
+    if kind is None:
+        raise MediaError(
+            Status.unsupported,
+            f"not an allowed image or video format ({describe_unknown(data)}); allowed: {_ALLOWED_NAMES}",
+        )
+    if kind not in IMAGE_KINDS:
+        raise MediaError(Status.unsupported, f"this is a {kind} video, not a still image")
+    try:
+        im = _PLUGINS[kind](io.BytesIO(data))
+    except Exception as exc:  # Pillow plugins raise SyntaxError, OSError, struct.error, ...
+        raise MediaError(Status.unreadable, f"corrupt {kind} header: {exc}") from exc
+    with im:
+        width, height = im.size
+        if width < 1 or height < 1:
+            raise MediaError(Status.unreadable, f"{kind} header declares an empty {width}x{height} image")
+        if width * height > max_pixels or max(width, height) > max_side:
+            raise MediaError(
+                Status.too_large,
+                f"{kind} image of {width}x{height} pixels exceeds the limit "
+                f"({max_pixels:,} pixels, {max_side} per side); refused before decoding",
+            )
+        if kind in ("gif", "webp") and getattr(im, "n_frames", 1) > 1:
+            raise MediaError(
+                Status.unsupported,
+                f"animated {kind} with {im.n_frames} frames: analyse it as a video",
+            )
+        try:
+            im.load()
+        except MemoryError as exc:
+            raise MediaError(Status.too_large, f"not enough memory to decode this {kind} image") from exc
+        except Exception as exc:  # truncated data, bad compressed stream, broken chunks
+            raise MediaError(Status.unreadable, f"{kind} image cannot be decoded: {exc}") from exc
+        return _to_rgb(_upright(im))
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag; a malformed EXIF block leaves the image as stored."""
+    try:
+        out = ImageOps.exif_transpose(im)
+    except Exception:  # broken EXIF must not make a decodable image unreadable
+        return im
+    return im if out is None else out
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB; alpha composited over white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        grey = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16") or (im.mode == "I" and grey.max(initial=0) > 255):
+            grey = grey / 257.0
+        g8 = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(g8[:, :, None], 3, axis=2))
+    has_alpha = im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
+        im.mode == "P" and "transparency" in im.info
+    ) or (im.mode in ("L", "RGB") and "transparency" in im.info)
+    if has_alpha:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[:, :, 3:4] / 255.0
+        out = rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
+        return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.array(im, dtype=np.uint8, copy=True)
+
+
+# -- hashing --------------------------------------------------------------------
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of the file at ``path``, read in chunks (constant memory)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
