@@ -1,0 +1,78 @@
+"""HTTP envelopes around :class:`detector.schema.AnalysisResult` (the one result schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from detector.schema import AnalysisResult, ModelInfo
+
+
+class Envelope(BaseModel):
+    """Fields every JSON response carries."""
+
+    request_id: str = Field(description="also in the X-Request-ID header")
+    model: ModelInfo | None = Field(
+        default=None, description="the serving model (X-FaceTrust-Model header: 'name/version')"
+    )
+    sha256: str | None = Field(
+        default=None, description="SHA-256 of the uploaded bytes (X-Content-SHA256), null without upload"
+    )
+
+
+class AnalyzeResponse(Envelope):
+    """``POST /v1/analyze`` answer: the analysis result (status ``ok`` or ``no_face``)."""
+
+    result: AnalysisResult
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable reason, e.g. 'unsupported_media'")
+    message: str = Field(description="human-readable explanation")
+
+
+class ErrorResponse(Envelope):
+    """Every 4xx/5xx answer."""
+
+    error: ErrorDetail
+    result: AnalysisResult | None = Field(
+        default=None, description="the analysis result when the refusal comes from analysing the file"
+    )
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class JobProgress(BaseModel):
+    done: int = Field(0, description="sampled frames analysed so far")
+    total: int = Field(0, description="sampled frames planned (0 until known; 1 for images)")
+
+
+class JobResponse(Envelope):
+    """``/v1/jobs`` answers. ``result`` is present once the job is ``done`` or ``failed``."""
+
+    job_id: str
+    state: JobState = Field(
+        description="queued | running | done (result ok/no_face) | failed (see error/result) | cancelled"
+    )
+    media_type: str | None = None
+    progress: JobProgress
+    created: float = Field(description="Unix time the job was accepted")
+    finished: float | None = None
+    expires: float = Field(description="Unix time the job and its result are deleted")
+    error: ErrorDetail | None = None
+    result: AnalysisResult | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["alive"] = "alive"
+    model: ModelInfo | None = None
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    workers_ready: int
+    workers: int
+    model: ModelInfo | None = None
+    reason: str | None = None

@@ -1,0 +1,192 @@
+"""POST /v1/analyze on a real server: images and videos, sampling, headers, probes, metrics, audit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from tests.detector import media_factory as mf
+from tests.serving.conftest import LiveServer
+
+
+@pytest.fixture(scope="module")
+def face_video(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> bytes:
+    """A 30-frame 25 fps H.264 MP4 with the astronaut's face moving across it."""
+    face = np.ascontiguousarray(astronaut[20:180, 140:300])
+    path = mf.write_video(
+        tmp_path_factory.mktemp("video") / "face.mp4", n_frames=30, size=(240, 180), draw=face
+    )
+    return path.read_bytes()
+
+
+def audit_lines(server: LiveServer) -> list[dict]:
+    return [json.loads(line) for line in server.log().splitlines() if line.startswith('{"event":"request"')]
+
+
+def test_probes_and_docs(live: LiveServer) -> None:
+    with live.client(key=None) as c:
+        h = c.get("/healthz")
+        assert h.status_code == 200 and h.json()["status"] == "alive"
+        assert h.headers["X-FaceTrust-Model"] == "tiny-test/0.0.1"
+        r = c.get("/readyz")
+        assert r.status_code == 200
+        assert r.json()["ready"] is True and r.json()["workers_ready"] == 2
+        spec = c.get("/openapi.json").json()
+        body = spec["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]["multipart/form-data"]
+        assert body["schema"]["required"] == ["file"]
+        assert {"/v1/jobs", "/v1/jobs/{job_id}", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+        assert c.get("/docs").status_code == 200
+        missing = c.get("/nope")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "not_found"
+        assert missing.headers["X-FaceTrust-Model"] == "tiny-test/0.0.1"
+
+
+def test_image_is_analysed(live: LiveServer, face_jpeg: bytes) -> None:
+    digest = hashlib.sha256(face_jpeg).hexdigest()
+    with live.client() as c:
+        r = c.post(
+            "/v1/analyze",
+            files={"file": ("../../etc/astronaut.jpg", face_jpeg, "text/plain")},
+            headers={"X-Request-ID": "req-123"},
+        )
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Content-SHA256"] == digest
+    assert r.headers["X-Request-ID"] == "req-123"
+    body = r.json()
+    assert body["request_id"] == "req-123" and body["sha256"] == digest
+    assert body["model"] == {
+        "name": "tiny-test",
+        "version": "0.0.1",
+        "threshold_balanced": 0.5,
+        "threshold_strict": 0.9,
+    }
+    result = body["result"]
+    assert result["path"] == "astronaut.jpg"  # no directories
+    assert result["sha256"] == digest and result["size_bytes"] == len(face_jpeg)
+    assert result["media_type"] == "image" and result["status"] == "ok"
+    assert (result["width"], result["height"]) == (512, 512)
+    assert len(result["faces"]) >= 1
+    assert 0.0 <= result["fake_probability"] <= 1.0 and result["label"] in ("real", "fake")
+    assert live.wait_no_leftovers() == []
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp", "bmp", "gif"])
+def test_other_image_formats(live: LiveServer, astronaut: np.ndarray, fmt: str) -> None:
+    data = mf.encode_image(np.ascontiguousarray(astronaut[20:180, 140:300]), fmt)
+    with live.client() as c:
+        r = c.post("/v1/analyze", files={"file": ("photo.jpg", data)})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["media_type"] == "image"
+    assert r.json()["result"]["status"] in ("ok", "no_face")
+
+
+def test_video_is_analysed_with_sampling(live: LiveServer, face_video: bytes) -> None:
+    with live.client() as c:
+        r = c.post("/v1/analyze", params={"frames": 4}, files={"file": ("clip.mp4", face_video, "video/mp4")})
+        assert r.status_code == 200, r.text
+        result = r.json()["result"]
+        assert result["media_type"] == "video" and result["status"] in ("ok", "no_face")
+        assert result["video"]["frames_sampled"] == 4 and len(result["frames"]) == 4
+        assert result["video"]["sampling"] == "count=4"
+        r = c.post("/v1/analyze", params={"fps": 5}, files={"file": ("clip.mp4", face_video)})
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["video"]["frames_sampled"] == 6  # 1.2 s at 5 fps
+    assert live.wait_no_leftovers() == []
+
+
+def test_animated_gif_is_a_video(live: LiveServer, astronaut: np.ndarray) -> None:
+    frames = [np.ascontiguousarray(np.roll(astronaut[20:180, 140:300], 4 * i, axis=1)) for i in range(3)]
+    with live.client() as c:
+        r = c.post("/v1/analyze", files={"file": ("anim.gif", mf.animated_gif(frames))})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["media_type"] == "video"
+
+
+def test_sync_frame_limit(live: LiveServer, face_video: bytes) -> None:
+    """More sampled frames than sync_max_frames (16): refused with a pointer to /v1/jobs."""
+    with live.client() as c:
+        r = c.post("/v1/analyze", params={"frames": 17}, files={"file": ("clip.mp4", face_video)})
+        assert r.status_code == 422
+        assert r.json()["error"]["code"] == "over_sync_limit" and "/v1/jobs" in r.json()["error"]["message"]
+        # all_frames: known only once the video is open (30 frames > 16).
+        r = c.post("/v1/analyze", params={"all_frames": True}, files={"file": ("clip.mp4", face_video)})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "over_sync_limit"
+        assert r.json()["result"]["status"] == "too_large"
+        assert r.json()["result"]["fake_probability"] is None
+        assert r.headers["X-Content-SHA256"] == hashlib.sha256(face_video).hexdigest()
+    assert live.wait_no_leftovers() == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"frames": 0},
+        {"frames": "abc"},
+        {"fps": -1},
+        {"fps": 0},
+        {"frames": 4, "fps": 2},
+        {"frames": 2, "all_frames": True},
+        {"frames": 10**9},
+    ],
+)
+def test_bad_sampling_parameters(live: LiveServer, small_face_jpeg: bytes, params: dict) -> None:
+    with live.client() as c:
+        r = c.post("/v1/analyze", params=params, files={"file": ("a.jpg", small_face_jpeg)})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["error"]["code"] in ("bad_request", "over_sync_limit")
+    assert body["model"]["name"] == "tiny-test" and body["request_id"]
+
+
+def test_metrics(live: LiveServer, small_face_jpeg: bytes) -> None:
+    with live.client() as c:
+        assert c.post("/v1/analyze", files={"file": ("a.jpg", small_face_jpeg)}).status_code == 200
+        assert c.post("/v1/analyze", files={"file": ("a.jpg", b"<html></html>")}).status_code == 415
+        text = c.get("/metrics").text
+    assert 'facetrust_http_requests_total{method="POST",route="/v1/analyze",status="200"}' in text
+    assert 'facetrust_http_requests_total{method="POST",route="/v1/analyze",status="415"}' in text
+    assert (
+        'facetrust_http_request_duration_seconds_bucket{le="0.5",method="POST",route="/v1/analyze"}' in text
+    )
+    assert 'facetrust_inference_duration_seconds_count{media_type="image"}' in text
+    assert 'facetrust_rejections_total{reason="unsupported_media"}' in text
+    assert "facetrust_queue_depth " in text and "facetrust_analyses_in_progress " in text
+    assert "facetrust_faces_per_frame_count" in text
+    assert "facetrust_workers_ready 2.0" in text
+
+
+def test_audit_line_per_request(live: LiveServer, small_face_jpeg: bytes) -> None:
+    digest = hashlib.sha256(small_face_jpeg).hexdigest()
+    with live.client() as c:
+        r = c.post(
+            "/v1/analyze", files={"file": ("a.jpg", small_face_jpeg)}, headers={"X-Request-ID": "audit-1"}
+        )
+        assert r.status_code == 200
+        bad = c.post(
+            "/v1/analyze", files={"file": ("a.jpg", b"PK\x03\x04zip")}, headers={"X-Request-ID": "audit-2"}
+        )
+        assert bad.status_code == 415
+    lines = {rec["request_id"]: rec for rec in audit_lines(live)}
+    ok = lines["audit-1"]
+    assert ok["key_id"] == "alice" and ok["sha256"] == digest and ok["status"] == 200
+    assert ok["media_type"] == "image" and ok["format"] == "jpeg" and ok["size_bytes"] == len(small_face_jpeg)
+    assert ok["result_status"] == "ok" and ok["verdict"] in ("real", "fake")
+    assert ok["model"] == "tiny-test/0.0.1"
+    assert {"upload", "queue", "analysis", "total"} <= set(ok["timings"])
+    refused = lines["audit-2"]
+    assert refused["status"] == 415 and refused["error"] == "unsupported_media"
+    assert refused["sha256"] == hashlib.sha256(b"PK\x03\x04zip").hexdigest()
+
+
+def test_every_response_names_model_even_without_upload(live: LiveServer) -> None:
+    with live.client(key=None) as c:
+        r = c.post("/v1/analyze", files={"file": ("a.jpg", b"x")})
+    assert r.status_code == 401
+    assert r.headers["X-FaceTrust-Model"] == "tiny-test/0.0.1"
+    assert r.json()["model"]["version"] == "0.0.1" and r.json()["sha256"] is None
+    assert "X-Content-SHA256" not in r.headers
