@@ -24,6 +24,10 @@ import hashlib
 import io
 import os
 import struct
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -67,6 +71,21 @@ _BMP_DIB_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 
 # A truncated file must be an error, never a half-grey picture.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_QUIET_LOCK = threading.Lock()
+
+
+@contextmanager
+def _metadata_quiet() -> Iterator[None]:
+    """Silence Pillow's warnings about malformed metadata (e.g. "Corrupt EXIF data").
+
+    Broken metadata is not a decoding error: the header is parsed and the EXIF read
+    with warnings ignored. ``warnings.catch_warnings`` swaps process-wide state, so
+    the (short) sections it guards are serialised by a lock; pixel decoding is not.
+    """
+    with _QUIET_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 class MediaError(Exception):
@@ -139,7 +158,7 @@ def is_animated_gif(data: bytes) -> bool:
     if sniff(data[:SNIFF_BYTES]) != "gif":
         return False
     try:
-        with GifImagePlugin.GifImageFile(io.BytesIO(data)) as im:
+        with _metadata_quiet(), GifImagePlugin.GifImageFile(io.BytesIO(data)) as im:
             return bool(im.is_animated)
     except Exception:  # any broken GIF: not treated as animated; decode_image reports it
         return False
@@ -215,7 +234,8 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
     if kind not in IMAGE_KINDS:
         raise MediaError(Status.unsupported, f"this is a {kind} video, not a still image")
     try:
-        im = _PLUGINS[kind](io.BytesIO(data))
+        with _metadata_quiet():
+            im = _PLUGINS[kind](io.BytesIO(data))
     except Exception as exc:  # Pillow plugins raise SyntaxError, OSError, struct.error, ...
         raise MediaError(Status.unreadable, f"corrupt {kind} header: {exc}") from exc
     with im:
@@ -228,11 +248,8 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
                 f"{kind} image of {width}x{height} pixels exceeds the limit "
                 f"({max_pixels:,} pixels, {max_side} per side); refused before decoding",
             )
-        if kind in ("gif", "webp") and getattr(im, "n_frames", 1) > 1:
-            raise MediaError(
-                Status.unsupported,
-                f"animated {kind} with {im.n_frames} frames: analyse it as a video",
-            )
+        if kind in ("gif", "webp") and getattr(im, "is_animated", False):
+            raise MediaError(Status.unsupported, f"animated {kind}: analyse it as a video")
         try:
             im.load()
         except MemoryError as exc:
@@ -245,7 +262,8 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
 def _upright(im: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag; a malformed EXIF block leaves the image as stored."""
     try:
-        out = ImageOps.exif_transpose(im)
+        with _metadata_quiet():
+            out = ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF must not make a decodable image unreadable
         return im
     return im if out is None else out

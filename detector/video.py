@@ -176,7 +176,7 @@ def _round_half_up(x: np.ndarray) -> np.ndarray:
 def sample_indices(n_frames: int, sampling: Sampling, fps: float | None = None) -> list[int]:
     """Frame indices to sample from a constant-rate stream of ``n_frames`` frames at ``fps``.
 
-    ``count``: ``round(linspace(0, n-1, N))`` (half up), unique, at most ``n``;
+    ``count``: ``round(linspace(0, n-1, N))`` (half up, exact), unique, at most ``n``;
     ``fps``: for k = 0, 1, ... the index nearest ``k / F`` seconds, i.e.
     ``round(k * fps / F)``, while < n (needs ``fps``); ``all``: ``range(n)``.
     """
@@ -187,7 +187,10 @@ def sample_indices(n_frames: int, sampling: Sampling, fps: float | None = None) 
         return list(range(n))
     if sampling.mode == "count":
         k = min(int(sampling.value), n)
-        return sorted(set(_round_half_up(np.linspace(0, n - 1, k)).tolist()))
+        if k == 1:
+            return [0]
+        # round(i * (n-1) / (k-1)), half up, in exact integer arithmetic
+        return sorted({(2 * i * (n - 1) + (k - 1)) // (2 * (k - 1)) for i in range(k)})
     if not fps or fps <= 0 or not math.isfinite(fps):
         raise ValueError("fps sampling needs the video's frame rate")
     step = float(fps) / float(sampling.value)
@@ -529,7 +532,8 @@ class SampledFrames(Iterator[SampledFrame]):
             self.frames_total = len(scan.pts)
             if not scan.pts:
                 raise MediaError(Status.unreadable, f"{kind} file has no video frames")
-            self.truncated = scan.broken
+            # a header frame count well above what the file holds also means a cut-off file
+            self.truncated = scan.broken or bool(self.meta.frames and len(scan.pts) < 0.9 * self.meta.frames)
             self._start = stream.start_time
             self._plan = _Plan.build(scan) if optimize else None
             self._wanted = self._choose(scan)

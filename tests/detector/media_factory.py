@@ -104,13 +104,17 @@ def pasted_frame(picture: np.ndarray, index: int, n_frames: int, width: int, hei
 
 
 def frame_times(n_frames: int, fps: float, vfr: bool = False) -> list[float]:
-    """Presentation times (s) :func:`write_video` uses: regular, or alternating 0.5/1.5 frame gaps."""
+    """Presentation times (s) :func:`write_video` uses (ms precision).
+
+    Regular ``i / fps``; or, with ``vfr``, like a phone changing rate: the first half
+    at twice ``fps``, the second half with gaps alternating 1 and 2 frame periods.
+    """
     if not vfr:
-        return [i / fps for i in range(n_frames)]
+        return [round(i / fps, 3) for i in range(n_frames)]
     times, t = [], 0.0
     for i in range(n_frames):
         times.append(round(t, 3))
-        t += (0.5 if i % 2 == 0 else 1.5) / fps
+        t += (0.5 if i < n_frames // 2 else 1.0 + i % 2) / fps
     return times
 
 
@@ -319,20 +323,20 @@ def truncated(data: bytes, keep: float = 0.5) -> bytes:
     return bytes(data[: min(len(data) - 1, int(len(data) * keep))])
 
 
-def png_bomb(side: int = 30000) -> bytes:
-    """A valid 1-bit ``side x side`` PNG of zeros: ~0.5 MB on disk, ``side**2`` pixels decoded.
-
-    Written with zlib directly, row by row: never holds the image in memory.
+def png_bomb(width: int = 30000, height: int | None = None) -> bytes:
+    """A valid 1-bit ``width x height`` PNG of zeros (square by default): ~0.5 MB on disk for
+    900 megapixels. Written with zlib directly, row by row: never holds the image in memory.
     """
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(
-            ">I", zlib.crc32(kind + payload) & 0xFFFFFFFF
-        )
+    height = width if height is None else height
 
-    row = bytes(1 + (side + 7) // 8)  # filter byte 0, then packed bits
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        return struct.pack(">I", len(payload)) + kind + payload + crc
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then packed bits
     comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
