@@ -1,7 +1,165 @@
-"""Placeholder: subcommands are registered here by their owning issue."""
+"""Training subcommands: `prepare`, `train`, `export`, `evaluate`.
+
+torch and the training package are imported inside the command bodies only, so
+`facetrust scan` never needs them. Exit code 0 on success, 2 on any error (a clear
+message on stderr, no traceback).
+
+Typical run::
+
+    facetrust prepare facetrust_shared ../shared/data prepared/shared --frames 16
+    facetrust train training/configs/lite0_shared.yaml --set epochs=5
+    #   (calibrates, sets thresholds and exports runs/<name>/model.onnx at the end)
+    facetrust export runs/lite0_shared --out model.onnx --int8    # again / another checkpoint
+    facetrust evaluate model.onnx dfdc /data/dfdc --split test --out reports/dfdc
+
+Several GPUs: ``torchrun --nproc_per_node=N -m facetrust train CONFIG`` (same command).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
+
+EXIT_ERROR = 2
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_ERROR)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("training", "detector", "facetrust"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from detector.card import ModelCardError
+    from training.cards import CardError
+    from training.config import ConfigError
+    from training.models import ModelError
+    from training.train import TrainError
+
+    return (ConfigError, TrainError, ModelError, CardError, ModelCardError, FileNotFoundError, ValueError,
+            OSError, RuntimeError)
+
+
+def prepare(
+    card: Annotated[str, typer.Argument(help="dataset card name (datasets/NAME.yaml) or path")],
+    root: Annotated[Path, typer.Argument(help="the corpus root folder")],
+    out: Annotated[Path, typer.Argument(help="output folder (index.jsonl, meta.json, crops/)")],
+    frames: Annotated[int, typer.Option(help="frames sampled per video")] = 32,
+    size: Annotated[int, typer.Option(help="side of the stored crops in pixels")] = 256,
+    margin: Annotated[float, typer.Option(help="margin of the stored crops (>= the model's margin)")] = 2.0,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    limit: Annotated[int | None, typer.Option(help="at most this many media files (quick checks)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Detect, align and crop every face of a dataset into a prepared folder for training."""
+    _logging(verbose)
+    if frames < 1 or size < 16 or not (1.0 <= margin <= 4.0) or workers < 1:
+        raise _fail("need --frames >= 1, --size >= 16, --margin in 1..4 and --workers >= 1")
+    try:
+        from training.prepare import prepare_main
+
+        result = prepare_main(card, root, out, frames=frames, margin=margin, size=size, workers=workers,
+                              limit=limit)
+    except _known_errors() as exc:
+        raise _fail(str(exc)) from None
+    if result is not None:
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+
+def train(
+    config: Annotated[Path, typer.Argument(help="training config YAML (see training/configs/)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key=value (YAML value), "
+                                                   "dotted keys for sections, repeatable")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in the config's out folder")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train a classifier; ends with calibration, thresholds and ONNX export (unless export: false)."""
+    _logging(verbose)
+    try:
+        from training.config import load_config
+        from training.train import train_main
+
+        cfg = load_config(config, set_)
+        run = train_main(cfg, resume=resume, progress=progress)
+    except _known_errors() as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(str(run))
+
+
+def export(
+    run: Annotated[Path, typer.Argument(help="run folder or a .safetensors checkpoint in it")],
+    out: Annotated[Path, typer.Option("--out", help="ONNX file to write")],
+    int8: Annotated[bool, typer.Option(help="also try INT8 static quantisation (kept if AUC drops <= 0.005)")]
+    = False,
+    calibration: Annotated[str | None, typer.Option(help="auto, temperature, isotonic or identity "
+                                                    "(default: the run's config)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Calibrate on validation, set thresholds and export ONNX with its model card."""
+    _logging(verbose)
+    try:
+        from training.release import export_run
+
+        result = export_run(run, out, int8=int8, calibration=calibration)
+    except _known_errors() as exc:
+        raise _fail(str(exc)) from None
+    card = result["card"]
+    summary = {
+        "onnx": result["onnx"],
+        "parity_max_abs_prob_diff": result["parity_max_abs_prob_diff"],
+        "calibration": card["calibration"]["method"],
+        "threshold_balanced": card["threshold_balanced"],
+        "threshold_strict": card["threshold_strict"],
+        "validation": card["metrics"]["validation"],
+        "int8": result.get("int8"),
+    }
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="ONNX model with a FaceTrust card")],
+    card: Annotated[str, typer.Argument(help="dataset card name or path")],
+    root: Annotated[Path, typer.Argument(help="the corpus root folder")],
+    split: Annotated[str, typer.Option(help="train, val, test, dev or all")] = "test",
+    out: Annotated[Path | None, typer.Option(help="report folder (report.json, roc.png)")] = None,
+    frames: Annotated[int, typer.Option(help="frames sampled per video")] = 32,
+    limit: Annotated[int | None, typer.Option(help="at most this many items (seeded)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Frame- and video-level AUC, AP, EER, TPR@1%FPR with the detector's own pipeline."""
+    _logging(verbose)
+    if split not in ("train", "val", "test", "dev", "all"):
+        raise _fail("--split must be train, val, test, dev or all")
+    if frames < 1:
+        raise _fail("--frames must be >= 1")
+    try:
+        from training.evaluate import evaluate_main
+
+        report = evaluate_main(model, card, root, split=split, out=out, frames=frames, limit=limit)
+    except _known_errors() as exc:
+        raise _fail(str(exc)) from None
+    summary = {k: report[k] for k in ("model", "dataset", "counts")}
+    summary["video"] = report["video"]["overall"]
+    summary["frame"] = report["frame"]["overall"]
+    summary["files"] = report.get("files")
+    typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 def register(app: typer.Typer) -> None:
     """Register this module's subcommands on the `facetrust` app."""
+    app.command("prepare")(prepare)
+    app.command("train")(train)
+    app.command("export")(export)
+    app.command("evaluate")(evaluate)

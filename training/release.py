@@ -1,0 +1,226 @@
+"""``facetrust export``: a trained run -> calibrated, thresholded ONNX model with its card.
+
+Steps (all on the run's validation set, never on training data):
+
+1. load ``config.yaml`` and the checkpoint (``best.safetensors`` by default);
+2. raw logits of the validation items (real crops as stored plus SBI twins, see
+   :func:`training.data.validation_items`) and of the held-out methods;
+3. calibration and thresholds (:func:`training.calibrate.calibrate`);
+4. the :class:`~detector.card.ModelCard` and the ONNX export with torch-vs-ONNX parity
+   checked on real validation crops (:func:`training.export.export_classifier`);
+5. optionally INT8 static quantisation (QDQ, per channel) calibrated on training crops,
+   kept only if its validation AUC is at most 0.005 below the FP32 model's
+   (``<out stem>.int8.onnx``, card embedded too); both AUCs are reported.
+
+Writes ``export.json`` (the report) and ``calibration.json`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from detector.card import ModelCard
+from training.calibrate import calibrate
+from training.config import TrainConfig, load_config
+from training.data import AS_IS, FaceDataset
+from training.metrics import binary_metrics
+from training.train import (
+    BEST,
+    LAST,
+    Data,
+    TrainError,
+    load_data,
+    load_weights_file,
+    predict,
+    validation_report,
+)
+
+log = logging.getLogger(__name__)
+
+#: INT8 is kept only if validation AUC drops by at most this much.
+INT8_MAX_AUC_DROP = 0.005
+PARITY_CROPS = 64
+INT8_CALIBRATION_CROPS = 128
+
+
+def resolve_run(path: str | Path) -> tuple[Path, Path]:
+    """``(run folder, checkpoint)`` from a run folder (best, else last) or a checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        run = p
+        ckpt = run / BEST if (run / BEST).is_file() else run / LAST
+    elif p.is_file():
+        run, ckpt = p.parent, p
+    else:
+        raise TrainError(f"{p} is neither a run folder nor a checkpoint file")
+    if not ckpt.is_file():
+        raise TrainError(f"no checkpoint ({BEST} or {LAST}) in {run}")
+    if not (run / "config.yaml").is_file():
+        raise TrainError(f"{run} has no config.yaml beside the checkpoint")
+    return run, ckpt
+
+
+def _inputs(ds: FaceDataset, keys: list[int]) -> np.ndarray:
+    return np.stack([ds[k][0].numpy() for k in keys]).astype(np.float32)
+
+
+def _onnx_logits(path: Path, card: ModelCard, loader: DataLoader) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = [sess.run([card.output_name], {card.input_name: x.numpy()})[0].reshape(-1) for x, *_ in loader]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def training_data_summary(cfg: TrainConfig, data: Data) -> str:
+    """One paragraph for the card: sources, counts, validation and held-out methods."""
+    recs = data.sources.records
+    parts = []
+    for i, d in enumerate(cfg.data):
+        mine = [r for r in recs if r.source == i]
+        meta = data.sources.meta()[i]
+        card = meta.get("card") or meta.get("dataset") or Path(d.path).name
+        methods = sorted({r.method for r in mine})
+        n_real = sum(r.label == 0 for r in mine)
+        parts.append(f"{card} ({n_real} real / {len(mine) - n_real} fake "
+                     f"face crops; methods {', '.join(methods)}; weight {d.weight:g})")
+    n_sbi = sum(1 for _, k in data.val_items if k != AS_IS)
+    text = (f"Prepared face crops: {'; '.join(parts)}. Training: {len(data.train_idx)} records plus "
+            f"on-the-fly self-blended (p={cfg.sbi_prob:g}) and cross-identity blended "
+            f"(p={cfg.cross_blend_prob:g}) fakes "
+            f"from real crops. Validation (group-disjoint, calibration and thresholds): "
+            f"{len(data.val_items) - n_sbi} crops plus {n_sbi} self-blended twins.")
+    if cfg.validation.holdout_methods:
+        text += f" Held out of training: {', '.join(cfg.validation.holdout_methods)}."
+    return text
+
+
+def _short(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("auc", "ap", "eer", "tpr_at_1pct_fpr", "n_real", "n_fake")
+    return {k: m.get(k) for k in keys}
+
+
+def export_run(path: str | Path, out: str | Path, *, int8: bool = False, calibration: str | None = None,
+               device: str = "cpu") -> dict[str, Any]:
+    """Calibrate, threshold and export the run (or checkpoint) at ``path`` to ``out``.
+
+    Returns the export report (also written to ``<run>/export.json``). Raises
+    :class:`TrainError` when the validation set cannot calibrate (needs reals and fakes).
+    """
+    from training.export import export_classifier, quantize_int8
+    from training.models import create_classifier, normalisation
+
+    run, ckpt = resolve_run(path)
+    out = Path(out)
+    cfg = load_config(run / "config.yaml")
+    if calibration:
+        cfg.calibration = calibration
+    model = create_classifier(cfg.model, None)
+    ck_meta = load_weights_file(model, ckpt)
+    dev = torch.device(device)
+    model.to(dev).eval()
+    data = load_data(cfg)
+    mean, std = normalisation(cfg.model, cfg.pretrained)
+    val_ds = FaceDataset(data.sources, cfg, mean, std, train=False, items=data.val_items)
+    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    val = predict(model, val_dl, dev)
+    hold = None
+    if data.holdout_items:
+        hold_ds = FaceDataset(data.sources, cfg, mean, std, train=False, items=data.holdout_items)
+        hold = predict(model, DataLoader(hold_ds, batch_size=cfg.batch_size, num_workers=cfg.workers), dev)
+    y, z = val["labels"], val["logits"]
+    if y.size == 0 or y.min() == y.max():
+        raise TrainError(
+            f"the validation set has {int((y == 0).sum())} real and {int((y == 1).sum())} fake items: "
+            "calibration needs both (enable validation.synthetic_fakes or add labelled fakes)"
+        )
+    cal = calibrate(z, y, cfg.calibration, seed=cfg.seed)
+    report = validation_report(data.sources, val, hold)
+    metrics: dict[str, Any] = {
+        "validation": _short(report["overall"]),
+        "validation_calibrated": _short(cal.report["metrics"]),
+        "per_method": {m: _short(v) for m, v in report["per_method"].items()},
+        "thresholds": {"balanced": cal.report["balanced"], "strict": cal.report["strict"],
+                       "strict_target_fpr": cal.report["strict_target_fpr"],
+                       "strict_fpr_resolution": cal.report["strict_fpr_resolution"]},
+        "calibration": {k: cal.report[k] for k in ("method", "cv_nll", "nll_raw", "nll_calibrated",
+                                                   "brier_raw", "brier_calibrated")},
+        "checkpoint": {"file": ckpt.name, **{k: ck_meta.get(k) for k in ("epoch", "val_auc")}},
+    }
+    if "holdout" in report:
+        metrics["holdout"] = {m: _short(v) for m, v in report["holdout"].items()}
+    card = ModelCard(
+        name=cfg.name,
+        version=cfg.version,
+        architecture=f"timm/{cfg.model}",
+        input_size=cfg.input_size,
+        mean=tuple(mean),
+        std=tuple(std),
+        crop_margin=cfg.crop_margin,
+        calibration=cal.calibration,
+        threshold_balanced=cal.threshold_balanced,
+        threshold_strict=cal.threshold_strict,
+        training_data=training_data_summary(cfg, data),
+        licence=cfg.licence,
+        intended_use=cfg.intended_use,
+        metrics=metrics,
+        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+    )
+    # parity on real validation crops: up to half reals, half fakes
+    reals = [k for k in range(len(val_ds)) if y[k] == 0][: PARITY_CROPS // 2]
+    fakes = [k for k in range(len(val_ds)) if y[k] == 1][: PARITY_CROPS - len(reals)]
+    check = _inputs(val_ds, reals + fakes)
+    model.cpu()
+    parity = export_classifier(model, card, out, check_inputs=check)
+    result: dict[str, Any] = {
+        "onnx": str(out),
+        "checkpoint": str(ckpt),
+        "parity_max_abs_prob_diff": parity,
+        "parity_crops": len(check),
+        "calibration": cal.report,
+        "validation": report,
+        "card": card.to_dict(),
+    }
+    if int8:
+        result["int8"] = _try_int8(out, card, cfg, data, val_dl, y, mean, std, quantize_int8)
+    (run / "calibration.json").write_text(json.dumps(cal.report, indent=2), encoding="utf-8")
+    (run / "export.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    log.info("exported %s (parity %.2e); balanced threshold %.4f, strict %.4f, calibration %s", out, parity,
+             card.threshold_balanced, card.threshold_strict, cal.report["method"])
+    return result
+
+
+def _try_int8(out: Path, card: ModelCard, cfg: TrainConfig, data: Data, val_dl: DataLoader, y: np.ndarray,
+              mean: Any, std: Any, quantize: Any) -> dict[str, Any]:
+    from training.export import embed_card
+
+    rng = np.random.default_rng([cfg.seed, 8])
+    pool = np.asarray(data.train_idx)
+    pick = pool[rng.choice(pool.size, min(INT8_CALIBRATION_CROPS, pool.size), replace=False)]
+    ds = FaceDataset(data.sources, cfg, mean, std, train=False, items=[(int(i), AS_IS) for i in pick])
+    calib = _inputs(ds, list(range(len(ds))))
+    q_path = out.with_name(out.stem + ".int8.onnx")
+    auc_fp32 = binary_metrics(y, _onnx_logits(out, card, val_dl))["auc"]
+    quantize(out, q_path, calib, card)
+    auc_int8 = binary_metrics(y, _onnx_logits(q_path, card, val_dl))["auc"]
+    keep = auc_fp32 is not None and auc_int8 is not None and auc_fp32 - auc_int8 <= INT8_MAX_AUC_DROP
+    info = {"auc_fp32": auc_fp32, "auc_int8": auc_int8, "max_drop": INT8_MAX_AUC_DROP, "kept": bool(keep),
+            "calibration_crops": int(len(calib)), "path": str(q_path) if keep else None}
+    new_card = ModelCard.from_dict({**card.to_dict(), "metrics": {**card.metrics, "int8": info}})
+    embed_card(out, new_card)
+    if keep:
+        embed_card(q_path, ModelCard.from_dict({**new_card.to_dict(), "version": f"{card.version}+int8"}))
+        log.info("INT8 kept: validation AUC %.4f (FP32 %.4f) -> %s", auc_int8, auc_fp32, q_path)
+    else:
+        q_path.unlink(missing_ok=True)
+        log.info("INT8 discarded: validation AUC %s vs FP32 %s (max drop %.3f)", auc_int8, auc_fp32,
+                 INT8_MAX_AUC_DROP)
+    return info
