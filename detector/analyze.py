@@ -103,7 +103,8 @@ class Analyzer:
     ``model``: a :class:`Classifier`, a path to an ONNX model with a card, or ``None`` for
     the shipped default. ``face_detector``: anything with ``detect``/``detect_batch``
     (default: :func:`detector.faces.create_face_detector`). ``batch_size``: sampled video
-    frames detected and classified together. Raises
+    frames whose faces are classified in one call; ``detect_pixels``: frame pixels given
+    to one ``detect_batch`` call (bounds the detector's memory; two 1080p frames). Raises
     :class:`~detector.card.ModelCardError` for a missing or invalid model.
     """
 
@@ -114,6 +115,7 @@ class Analyzer:
         limits: Limits | None = None,
         face_detector: Any | None = None,
         batch_size: int = 16,
+        detect_pixels: int = 4_200_000,
         threads: int | None = None,
     ) -> None:
         if isinstance(model, Classifier):
@@ -128,6 +130,7 @@ class Analyzer:
             face_detector = create_face_detector()
         self.face_detector = face_detector
         self.batch_size = max(1, int(batch_size))
+        self.detect_pixels = max(1, int(detect_pixels))
         self.model_info = ModelInfo(
             name=self.card.name,
             version=self.card.version,
@@ -258,18 +261,15 @@ class Analyzer:
             }
         )
 
-    def _crops_and_scores(
-        self, images: Sequence[np.ndarray], faces_per_image: Sequence[Sequence[Any]]
-    ) -> ScoreBatch:
-        """One classifier call for every face of every image (THE crop, card's margin/size)."""
+    def _crops(self, image: np.ndarray, faces: Sequence[Any]) -> list[np.ndarray]:
+        """THE crop (:func:`crop_face` with the card's margin and size) of each face."""
         card = self.card
-        crops = [
-            crop_face(img, f.box, card.crop_margin, card.input_size)
-            for img, faces in zip(images, faces_per_image, strict=True)
-            for f in faces
-        ]
-        s = card.input_size
-        stack = np.stack(crops) if crops else np.zeros((0, s, s, 3), np.uint8)
+        return [crop_face(image, f.box, card.crop_margin, card.input_size) for f in faces]
+
+    def _score(self, crops: Sequence[np.ndarray]) -> ScoreBatch:
+        """One classifier call for all ``crops`` (chunked by the classifier if very many)."""
+        s = self.card.input_size
+        stack = np.stack(crops) if len(crops) else np.zeros((0, s, s, 3), np.uint8)
         return self.classifier.score(stack)
 
     def _face(self, det: Any, scores: ScoreBatch, i: int, track_id: int | None = None) -> Face:
@@ -308,7 +308,7 @@ class Analyzer:
         t = timer.add("decode", t)
         detections = list(self.face_detector.detect(image))
         t = timer.add("detect", t)
-        scores = self._crops_and_scores([image], [detections])
+        scores = self._score(self._crops(image, detections))
         timer.add("classify", t)
         result.faces = [self._face(d, scores, i) for i, d in enumerate(detections)]
         verdict = aggregate.image_verdict([f.fake_probability for f in result.faces])
@@ -339,7 +339,7 @@ class Analyzer:
             path, sampling, limits=self.limits.video_limits(), deadline=deadline
         ) as sampled:
             timer.add("decode", t)
-            group: list[Any] = []
+            batch = _FrameBatch(self, timer, frames, detections)
             while True:
                 if cancel is not None and cancel():
                     raise _Cancelled()
@@ -348,15 +348,15 @@ class Analyzer:
                 t = time.perf_counter()
                 frame = next(sampled, None)
                 timer.add("decode", t)
-                if frame is not None:
-                    group.append(frame)
-                if group and (frame is None or len(group) >= self.batch_size):
-                    self._video_group(group, frames, detections, timer)
-                    if progress is not None:
-                        total = max(sampled.planned, len(frames))
-                        for done in range(len(frames) - len(group) + 1, len(frames) + 1):
-                            progress(done, total)
-                    group = []
+                before = len(frames)
+                if frame is None:
+                    batch.finish()
+                else:
+                    batch.add(frame)
+                if progress is not None:
+                    total = max(sampled.planned, len(frames))
+                    for done in range(before + 1, len(frames) + 1):
+                        progress(done, total)
                 if frame is None:
                     break
             meta = sampled.meta
@@ -390,21 +390,61 @@ class Analyzer:
         result.timings = timer.done()
         return result
 
-    def _video_group(
-        self, group: list[Any], frames: list[Frame], detections: list[list[Any]], timer: _Timer
+
+class _FrameBatch:
+    """Sampled video frames on their way through detection and classification.
+
+    Frames are detected in batches bounded by ``detect_pixels`` (the detector's memory
+    grows with the pixels of a batch) and cropped at once, so decoded frames are dropped
+    early; the crops of ``batch_size`` frames are classified in one call.
+    """
+
+    def __init__(
+        self, analyzer: Analyzer, timer: _Timer, frames: list[Frame], detections: list[list[Any]]
     ) -> None:
-        """Detect (one batch) and classify (one call) the faces of a group of sampled frames."""
+        self.a, self.timer, self.frames, self.detections = analyzer, timer, frames, detections
+        self.pending: list[Any] = []  # decoded, awaiting detection
+        self.pending_pixels = 0
+        self.waiting: list[tuple[Any, list[Any]]] = []  # (frame, faces), awaiting classification
+        self.crops: list[np.ndarray] = []
+
+    def add(self, frame: Any) -> None:
+        self.pending.append(frame)
+        self.pending_pixels += int(frame.image_rgb.shape[0] * frame.image_rgb.shape[1])
+        full = len(self.pending) + len(self.waiting) >= self.a.batch_size
+        if self.pending_pixels >= self.a.detect_pixels or full:
+            self._detect()
+        if len(self.waiting) >= self.a.batch_size:
+            self._classify()
+
+    def finish(self) -> None:
+        self._detect()
+        self._classify()
+
+    def _detect(self) -> None:
+        if not self.pending:
+            return
         t = time.perf_counter()
-        images = [f.image_rgb for f in group]
-        dets = [list(d) for d in self.face_detector.detect_batch(images)]
-        t = timer.add("detect", t)
-        scores = self._crops_and_scores(images, dets)
-        timer.add("classify", t)
+        dets = self.a.face_detector.detect_batch([f.image_rgb for f in self.pending])
+        t = self.timer.add("detect", t)
+        for f, faces in zip(self.pending, dets, strict=True):
+            faces = list(faces)
+            self.crops.extend(self.a._crops(f.image_rgb, faces))
+            self.waiting.append((f, faces))
+        self.timer.add("classify", t)
+        self.pending, self.pending_pixels = [], 0
+
+    def _classify(self) -> None:
+        if not self.waiting:
+            return
+        t = time.perf_counter()
+        scores = self.a._score(self.crops)
+        self.timer.add("classify", t)
         i = 0
-        for f, faces in zip(group, dets, strict=True):
-            out = [self._face(d, scores, i + j) for j, d in enumerate(faces)]
+        for f, faces in self.waiting:
+            out = [self.a._face(d, scores, i + j) for j, d in enumerate(faces)]
             i += len(faces)
-            frames.append(
+            self.frames.append(
                 Frame(
                     index=int(f.index),
                     time=float(f.time),
@@ -412,7 +452,8 @@ class Analyzer:
                     fake_probability=aggregate.frame_score([x.fake_probability for x in out]),
                 )
             )
-            detections.append(faces)
+            self.detections.append(faces)
+        self.waiting, self.crops = [], []
 
 
 def _tracks(frames: Sequence[Frame], card: ModelCard) -> list[Track]:
@@ -470,9 +511,15 @@ def create_analyzer(
     limits: Limits | None = None,
     face_detector: Any | None = None,
     batch_size: int = 16,
+    detect_pixels: int = 4_200_000,
     threads: int | None = None,
 ) -> Analyzer:
     """Build an :class:`Analyzer` (the shipped default model when ``model`` is None)."""
     return Analyzer(
-        model, limits=limits, face_detector=face_detector, batch_size=batch_size, threads=threads
+        model,
+        limits=limits,
+        face_detector=face_detector,
+        batch_size=batch_size,
+        detect_pixels=detect_pixels,
+        threads=threads,
     )

@@ -256,3 +256,27 @@ def test_shared_real_videos(analyzer: Analyzer, shared_data: Path) -> None:
     assert street.video.height == 1080 and street.video.frames_sampled == 8
     assert len([t for t in street.tracks if len(t.frames) >= 3]) >= 2  # several people
     assert 0.0 <= street.fake_probability <= 1.0
+
+
+def test_video_batching_detects_by_pixel_budget_and_classifies_per_group(
+    tiny_model: Path, detector_: FaceDetector, one_person: Path
+) -> None:
+    a = Analyzer(tiny_model, face_detector=detector_, batch_size=4, detect_pixels=2 * 640 * 360)
+    detect_sizes: list[int] = []
+    score_sizes: list[int] = []
+    real_detect, real_score = detector_.detect_batch, a.classifier.score
+
+    def spy_detect(images):
+        detect_sizes.append(len(images))
+        return real_detect(images)
+
+    def spy_score(crops):
+        score_sizes.append(len(crops))
+        return real_score(crops)
+
+    a.face_detector = type("Spy", (), {"detect_batch": staticmethod(spy_detect)})()
+    a.classifier.score = spy_score  # type: ignore[method-assign]
+    r = a.analyze_path(one_person, sampling=Sampling("count", 10))
+    assert r.status == "ok" and len(r.frames) == 10
+    assert detect_sizes == [2, 2, 2, 2, 2]
+    assert score_sizes == [4, 4, 2]  # one face per frame, 4 frames per classifier call
