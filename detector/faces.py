@@ -1,0 +1,492 @@
+"""Face detection: MTCNN (facenet-pytorch 2.6.0's weights and pipeline) on ONNX Runtime.
+
+A numpy/OpenCV port of ``facenet_pytorch.models.utils.detect_face``: an image pyramid through
+P-Net (score >= thresholds[0], NMS 0.5 per scale, NMS 0.7 over scales, box regression,
+square boxes), R-Net on 24x24 crops (score > thresholds[1], NMS 0.7, regression, square), O-Net
+on 48x48 crops (score > thresholds[2], landmarks, regression, NMS 0.7 on intersection over the
+smaller box). Pyramid levels and crops (the box clipped to the image) are resampled exactly as
+``torch.nn.functional.interpolate(mode="area")`` does, from an integral image: the detections
+match facenet-pytorch's (``cv2.INTER_AREA`` weighs pixels differently and moved boxes by up to
+tens of pixels on a few faces).
+
+Frames whose longer side exceeds ``max_side`` (default :data:`DEFAULT_MAX_SIDE`) are first
+downscaled so the longer side equals ``max_side``; boxes and landmarks are mapped back to the
+original pixels. ``min_face_size`` is in original pixels; after a downscale by ``s`` the pyramid
+starts at faces of ``max(12, min_face_size * s)`` detection pixels, so the smallest face that can
+be found is ``max(min_face_size, 12 / s)`` original pixels.
+
+The ONNX files are exported by ``python -m training.export_mtcnn``. No torch at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+PNET_FILE, RNET_FILE, ONET_FILE = "mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_onet.onnx"
+
+#: Longer side (pixels) above which frames are downscaled before detection. At 1280 a 1080p frame
+#: is scanned at 2/3 scale: faces from 18 px (original pixels) up are still found, at about half
+#: the cost of full resolution.
+DEFAULT_MAX_SIDE = 1024
+
+#: P-Net looks at 12x12 windows: the smallest face (detection pixels) the pyramid can start at.
+PNET_CELL = 12
+_NORM_MEAN, _NORM_SCALE = 127.5, 0.0078125
+#: Bound on the pixels per P-Net call (batch x height x width); conv1 keeps 64 bytes per pixel.
+_PNET_PIXELS_PER_CALL = 2_000_000
+#: Bound on the crops per R-Net / O-Net call.
+_CROPS_PER_CALL = 2048
+#: Bound on the detection pixels of the frames processed together by ``detect_batch``.
+_FRAMES_PIXELS_PER_CHUNK = 8_000_000
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face: box ``(x0, y0, x1, y1)`` and 5 landmarks in original image pixels.
+
+    Landmarks are left eye, right eye, nose, left mouth corner, right mouth corner (as seen in the
+    image: "left" is the person's right). ``score`` is the O-Net face probability. The box may
+    extend past the image borders.
+    """
+
+    box: tuple[float, float, float, float]
+    landmarks: tuple[tuple[float, float], ...]
+    score: float
+
+
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    method: str = "iou",
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, highest score first.
+
+    ``boxes`` is ``[N, 4]`` ``(x0, y0, x1, y1)``. A box is dropped when its overlap with a kept,
+    higher-scoring box of the same group exceeds ``threshold``. ``method="iou"`` is intersection
+    over union with continuous areas (``torchvision.ops.nms``); ``method="min"`` is intersection
+    over the smaller area with the ``+1`` pixel convention of the original MTCNN code. ``groups``
+    (``[N]`` ints, e.g. image indices) keeps boxes of different groups from suppressing each other.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(boxes) != len(scores):
+        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+    if method not in ("iou", "min"):
+        raise ValueError(f"unknown NMS method {method!r} (use 'iou' or 'min')")
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if groups is None:
+        return _nms_one(boxes, scores, threshold, method)
+    groups = np.asarray(groups).reshape(-1)
+    keep = []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        keep.append(idx[_nms_one(boxes[idx], scores[idx], threshold, method)])
+    kept = np.concatenate(keep)
+    return kept[np.argsort(-scores[kept], kind="stable")]
+
+
+def _nms_one(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str) -> np.ndarray:
+    x0, y0, x1, y1 = boxes.T
+    one = 1.0 if method == "min" else 0.0
+    area = (x1 - x0 + one) * (y1 - y0 + one)
+    keep = []
+    # "iou" visits boxes as torchvision does (descending score, ties in input order); "min" as
+    # facenet-pytorch's nms_numpy (last of numpy's ascending argsort first), so that boxes with
+    # equal scores (same clipped crop) resolve the same way.
+    order = np.argsort(-scores, kind="stable") if method == "iou" else np.argsort(scores)[::-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        while order.size:
+            i = order[0]
+            keep.append(i)
+            rest = order[1:]
+            w = np.maximum(0.0, np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]) + one)
+            h = np.maximum(0.0, np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]) + one)
+            inter = w * h
+            if method == "min":
+                order = rest[inter / np.minimum(area[i], area[rest]) <= threshold]
+            else:
+                order = rest[~(inter / (area[i] + area[rest] - inter) > threshold)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """MTCNN ``rerec``: the square of side ``max(w, h)`` on each box's centre (in place)."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    boxes[:, 0] += w * 0.5 - side * 0.5
+    boxes[:, 1] += h * 0.5 - side * 0.5
+    boxes[:, 2] = boxes[:, 0] + side
+    boxes[:, 3] = boxes[:, 1] + side
+    return boxes
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """MTCNN ``bbreg``: shift box edges by ``reg`` times the (+1) box size (in place)."""
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    boxes[:, 0] += reg[:, 0] * w
+    boxes[:, 1] += reg[:, 1] * h
+    boxes[:, 2] += reg[:, 2] * w
+    boxes[:, 3] += reg[:, 3] * h
+    return boxes
+
+
+def _area_bins(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bins of ``adaptive_avg_pool`` (= ``interpolate(mode="area")``) from ``length`` pixels to
+    ``size``: output ``i`` averages ``[start + floor(i*n/size), start + ceil((i+1)*n/size))``.
+    Returns ``lo, hi`` of shape ``[N, size]``."""
+    i = np.arange(size, dtype=np.int64)
+    n = np.asarray(length, dtype=np.int64)[:, None]
+    lo = np.asarray(start, dtype=np.int64)[:, None] + (i * n) // size
+    hi = np.asarray(start, dtype=np.int64)[:, None] + ((i + 1) * n + size - 1) // size
+    return lo, hi
+
+
+def _integral(image: np.ndarray) -> np.ndarray:
+    """Planar integral image ``[3, H+1, W+1]`` int32 of an ``H x W x 3`` uint8 image (exact)."""
+    return np.stack([cv2.integral(plane, sdepth=cv2.CV_32S) for plane in cv2.split(image)])
+
+
+_OFFSET = np.float32(_NORM_MEAN * _NORM_SCALE)
+
+
+def _pyramid_level(image: np.ndarray, integral: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """``interpolate(image, (out_h, out_w), mode="area")``, normalised, ``[3, out_h, out_w]``.
+
+    Exactly facenet-pytorch's pyramid resampling. Growing by one pixel (the pyramid's first level
+    at scale 1) averages each 2x2 neighbourhood of the edge-replicated image; otherwise sums come
+    from the integral image.
+    """
+    h, w = image.shape[:2]
+    if (out_h, out_w) == (h + 1, w + 1):
+        padded = cv2.copyMakeBorder(image, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+        sums = cv2.boxFilter(padded, cv2.CV_32F, (2, 2), anchor=(0, 0), normalize=False)
+        planes = [
+            cv2.subtract(cv2.multiply(p[:out_h, :out_w], _NORM_SCALE / 4), float(_OFFSET))
+            for p in cv2.split(sums)
+        ]
+        return np.stack(planes)
+    (r0, r1), (c0, c1) = _area_bins([0], [h], out_h), _area_bins([0], [w], out_w)
+    r0, r1, c0, c1 = r0[0], r1[0], c0[0], c1[0]
+    rows = integral[:, r1] - integral[:, r0]
+    sums = (rows[:, :, c1] - rows[:, :, c0]).astype(np.float32)
+    sums *= np.float32(_NORM_SCALE) / ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)
+    sums -= _OFFSET
+    return sums
+
+
+def _crops(integral: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised ``[N, 3, size, size]`` crops of ``boxes`` and the mask of boxes that had one.
+
+    As facenet-pytorch's ``pad``: coordinates truncate toward zero, the box is clipped to the
+    image and the clipped region (not a padded square) is area-resized to ``size``.
+    ``integral`` is the image's :func:`_integral`.
+    """
+    h, w = integral.shape[1] - 1, integral.shape[2] - 1
+    b = np.trunc(boxes[:, :4]).astype(np.int64)
+    x = np.maximum(b[:, 0], 1) - 1
+    y = np.maximum(b[:, 1], 1) - 1
+    ex = np.minimum(b[:, 2], w)
+    ey = np.minimum(b[:, 3], h)
+    ok = (ex > x) & (ey > y)
+    x, y, ex, ey = x[ok], y[ok], ex[ok], ey[ok]
+    ys0, ys1 = _area_bins(y, ey - y, size)
+    xs0, xs1 = _area_bins(x, ex - x, size)
+    r0, r1 = ys0[:, :, None], ys1[:, :, None]
+    c0, c1 = xs0[:, None, :], xs1[:, None, :]
+    sums = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]
+    crops = sums.astype(np.float32)  # [3, N, size, size]
+    crops *= np.float32(_NORM_SCALE) / ((r1 - r0) * (c1 - c0)).astype(np.float32)
+    crops -= _OFFSET
+    return np.ascontiguousarray(crops.transpose(1, 0, 2, 3)), ok
+
+
+def _check_image(image: object, index: int | None = None) -> np.ndarray:
+    where = "image" if index is None else f"image {index}"
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{where}: expected a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{where}: expected an HxWx3 RGB image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{where}: expected dtype uint8, got {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{where}: empty image (shape {image.shape})")
+    return image
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class _Frame:
+    """One image on its way through the cascade (detection pixels until :meth:`faces`)."""
+
+    image: np.ndarray  # detection image (downscaled copy or the original), uint8
+    sx: float  # original / detection, per axis
+    sy: float
+    integral: np.ndarray | None = None
+    boxes: np.ndarray | None = None  # [N, 5]: x0, y0, x1, y1, score
+    points: np.ndarray | None = None  # [N, 5, 2]
+
+    def integral_image(self) -> np.ndarray:
+        if self.integral is None:
+            self.integral = _integral(self.image)
+        return self.integral
+
+
+class FaceDetector:
+    """MTCNN face detector on ONNX Runtime (CPU).
+
+    ``min_face_size`` is the smallest face side in original image pixels (smaller detections are
+    dropped); ``thresholds`` are the P-, R- and O-Net score thresholds; ``factor`` is the pyramid
+    scale step; frames with a longer side above ``max_side`` are downscaled to it first (see the
+    module docstring and :data:`DEFAULT_MAX_SIDE`); ``threads`` is ONNX Runtime's intra-op thread
+    count (default: the CPUs this process may use).
+    """
+
+    def __init__(
+        self,
+        *,
+        min_face_size: int = 20,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+        max_side: int = DEFAULT_MAX_SIDE,
+        threads: int | None = None,
+    ) -> None:
+        thresholds = tuple(float(t) for t in thresholds)
+        if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
+            raise ValueError(f"thresholds must be 3 probabilities in [0, 1], got {thresholds}")
+        if not 0.0 < float(factor) < 1.0:
+            raise ValueError(f"factor must be in (0, 1), got {factor}")
+        if not float(min_face_size) >= 1:
+            raise ValueError(f"min_face_size must be >= 1 pixel, got {min_face_size}")
+        if int(max_side) < PNET_CELL:
+            raise ValueError(f"max_side must be >= {PNET_CELL} pixels, got {max_side}")
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.min_face_size = float(min_face_size)
+        self.thresholds = thresholds
+        self.factor = float(factor)
+        self.max_side = int(max_side)
+        self.threads = int(threads) if threads is not None else _default_threads()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+
+        def session(name: str) -> ort.InferenceSession:
+            path = MODELS_DIR / name
+            if not path.is_file():
+                raise FileNotFoundError(f"MTCNN model {path} is missing (python -m training.export_mtcnn)")
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+        self._pnet, self._rnet, self._onet = session(PNET_FILE), session(RNET_FILE), session(ONET_FILE)
+
+    # ------------------------------------------------------------------ public API
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """Faces in one ``H x W x 3`` uint8 RGB image, highest score first."""
+        return self.detect_batch([_check_image(image)])[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
+        """Faces in each image (see :meth:`detect`); same-size images share network calls."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        if not isinstance(images, Sequence):
+            raise ValueError(f"expected a list of images, got {type(images).__name__}")
+        frames = [self._prepare(_check_image(im, i)) for i, im in enumerate(images)]
+        order = sorted(range(len(frames)), key=lambda i: frames[i].image.shape)
+        chunk: list[_Frame] = []
+        pixels = 0
+        for i in order:
+            f = frames[i]
+            if chunk and (f.image.shape != chunk[0].image.shape or pixels >= _FRAMES_PIXELS_PER_CHUNK):
+                self._run(chunk)
+                chunk, pixels = [], 0
+            chunk.append(f)
+            pixels += f.image.shape[0] * f.image.shape[1]
+        if chunk:
+            self._run(chunk)
+        return [self._faces(f) for f in frames]
+
+    # ------------------------------------------------------------------ pipeline
+    def _prepare(self, image: np.ndarray) -> _Frame:
+        h, w = image.shape[:2]
+        if max(h, w) <= self.max_side:
+            return _Frame(np.ascontiguousarray(image), 1.0, 1.0)
+        s = self.max_side / max(h, w)
+        dw, dh = max(1, round(w * s)), max(1, round(h * s))
+        small = cv2.resize(np.ascontiguousarray(image), (dw, dh), interpolation=cv2.INTER_AREA)
+        return _Frame(small, w / dw, h / dh)
+
+    def _scales(self, frame: _Frame) -> list[float]:
+        """facenet-pytorch's pyramid, starting at faces of ``min_face_size`` original pixels."""
+        h, w = frame.image.shape[:2]
+        min_face = max(float(PNET_CELL), self.min_face_size / max(frame.sx, frame.sy))
+        m = PNET_CELL / min_face
+        min_len = min(h, w) * m
+        scales, scale = [], m
+        while min_len >= PNET_CELL:
+            scales.append(scale)
+            scale *= self.factor
+            min_len *= self.factor
+        return scales
+
+    def _run(self, frames: list[_Frame]) -> None:
+        """Run the cascade on same-size frames, setting each frame's boxes and points."""
+        for f in frames:
+            f.boxes, f.points = np.zeros((0, 5)), np.zeros((0, 5, 2))
+        self._stage1(frames)
+        self._stage2(frames)
+        self._stage3(frames)
+        for f in frames:
+            f.integral = None
+
+    def _stage1(self, frames: list[_Frame]) -> None:
+        h, w = frames[0].image.shape[:2]
+        scales = self._scales(frames[0])
+        if not scales:
+            return
+        found: list[list[np.ndarray]] = [[] for _ in frames]
+        for scale in scales:
+            size = (int(w * scale + 1), int(h * scale + 1))
+            level = np.stack([_pyramid_level(f.image, f.integral_image(), size[1], size[0]) for f in frames])
+            per_call = max(1, _PNET_PIXELS_PER_CALL // (size[0] * size[1]))
+            for start in range(0, len(frames), per_call):
+                batch = level[start : start + per_call]
+                reg, prob = self._pnet.run(None, {"input": batch})
+                for j in range(len(batch)):
+                    boxes = self._pnet_boxes(reg[j], prob[j, 0], scale)
+                    if len(boxes):
+                        found[start + j].append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
+        for f, parts in zip(frames, found, strict=True):
+            if not parts:
+                continue
+            boxes = np.concatenate(parts)
+            boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+            bw = boxes[:, 2] - boxes[:, 0]
+            bh = boxes[:, 3] - boxes[:, 1]
+            out = np.stack(
+                [
+                    boxes[:, 0] + boxes[:, 5] * bw,
+                    boxes[:, 1] + boxes[:, 6] * bh,
+                    boxes[:, 2] + boxes[:, 7] * bw,
+                    boxes[:, 3] + boxes[:, 8] * bh,
+                    boxes[:, 4],
+                ],
+                axis=1,
+            )
+            f.boxes = _square(out)
+
+    def _pnet_boxes(self, reg: np.ndarray, prob: np.ndarray, scale: float) -> np.ndarray:
+        """MTCNN ``generateBoundingBox`` for one image: ``[N, 9]`` boxes, score, regression."""
+        rows, cols = np.nonzero(prob >= self.thresholds[0])
+        if rows.size == 0:
+            return np.zeros((0, 9), dtype=np.float32)
+        stride, cell = 2, PNET_CELL
+        xy = np.stack([cols, rows], axis=1).astype(np.float32)
+        q1 = np.floor((stride * xy + 1) / np.float32(scale))
+        q2 = np.floor((stride * xy + cell) / np.float32(scale))
+        return np.concatenate(
+            [q1, q2, prob[rows, cols][:, None], reg[:, rows, cols].T], axis=1
+        ).astype(np.float32)
+
+    def _refine(
+        self, frames: list[_Frame], net: ort.InferenceSession, size: int, threshold: float
+    ) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+        """Crop every frame's boxes, run ``net`` on all crops in one go, keep score > threshold.
+
+        Per frame: the kept boxes ``[M, 5]`` (score replaced by ``net``'s) and ``net``'s other
+        outputs for them (regression first).
+        """
+        crops, kept = [], []
+        for f in frames:
+            if len(f.boxes):
+                c, ok = _crops(f.integral_image(), f.boxes, size)
+            else:
+                c, ok = np.zeros((0, 3, size, size), np.float32), np.zeros(0, bool)
+            crops.append(c)
+            kept.append(f.boxes[ok])
+        counts = [len(c) for c in crops]
+        if sum(counts) == 0:
+            return [(np.zeros((0, 5), np.float32), []) for _ in frames]
+        allc = np.concatenate(crops)
+        step = _CROPS_PER_CALL
+        outs = [net.run(None, {"input": allc[i : i + step]}) for i in range(0, len(allc), step)]
+        merged = [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+        result = []
+        parts = zip(*(np.split(m, np.cumsum(counts)[:-1]) for m in merged), strict=True)
+        for boxes, part in zip(kept, parts, strict=True):
+            score = part[-1][:, 1]
+            ok = score > threshold
+            boxes = np.concatenate([boxes[ok, :4], score[ok, None]], axis=1).astype(np.float32)
+            result.append((boxes, [p[ok] for p in part[:-1]]))
+        return result
+
+    def _stage2(self, frames: list[_Frame]) -> None:
+        refined = self._refine(frames, self._rnet, 24, self.thresholds[1])
+        for f, (boxes, outs) in zip(frames, refined, strict=True):
+            if len(boxes):
+                pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
+                boxes = _square(_regress(boxes[pick], outs[0][pick]))
+            f.boxes = boxes
+
+    def _stage3(self, frames: list[_Frame]) -> None:
+        refined = self._refine(frames, self._onet, 48, self.thresholds[2])
+        for f, (boxes, outs) in zip(frames, refined, strict=True):
+            if not len(boxes):
+                f.boxes = boxes
+                continue
+            reg, marks = outs
+            bw = boxes[:, 2:3] - boxes[:, 0:1] + 1
+            bh = boxes[:, 3:4] - boxes[:, 1:2] + 1
+            px = bw * marks[:, :5] + boxes[:, 0:1] - 1
+            py = bh * marks[:, 5:10] + boxes[:, 1:2] - 1
+            points = np.stack([px, py], axis=2)
+            boxes = _regress(boxes, reg)
+            pick = nms(boxes[:, :4], boxes[:, 4], 0.7, method="min")
+            f.boxes, f.points = boxes[pick], points[pick]
+
+    def _faces(self, f: _Frame) -> list[DetectedFace]:
+        """Map a frame's detections to original pixels, drop small ones, sort by score."""
+        faces = []
+        scale = np.array([f.sx, f.sy, f.sx, f.sy], dtype=np.float64)
+        for box, pts in zip(f.boxes, f.points, strict=True):
+            b = box[:4].astype(np.float64)
+            p = pts.astype(np.float64)
+            if f.sx != 1.0 or f.sy != 1.0:  # pixel centres: x = (x' + 0.5) * sx - 0.5
+                b = (b + 0.5) * scale - 0.5
+                p = (p + 0.5) * scale[:2] - 0.5
+            if max(b[2] - b[0], b[3] - b[1]) < self.min_face_size:
+                continue
+            faces.append(
+                DetectedFace(
+                    box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                    landmarks=tuple((float(x), float(y)) for x, y in p),
+                    score=float(box[4]),
+                )
+            )
+        faces.sort(key=lambda d: -d.score)
+        return faces
+
+
+def create_face_detector(**kwargs: object) -> FaceDetector:
+    """A :class:`FaceDetector` with the given keyword settings (see its docstring)."""
+    return FaceDetector(**kwargs)  # type: ignore[arg-type]
