@@ -158,7 +158,8 @@ class Analyzer:
             base.sha256 = sha256_file(path)
             with open(path, "rb") as fh:
                 head = fh.read(SNIFF_BYTES)
-            if _media_kind(head, path.read_bytes) == "image":
+            base.media_type = _media_kind(head, path.read_bytes)
+            if base.media_type == "image":
                 result = self._image(path.read_bytes(), str(path), base, timer)
             else:
                 result = self._video(path, str(path), base, timer, sampling, progress, cancel)
@@ -182,7 +183,8 @@ class Analyzer:
         base.sha256 = hashlib.sha256(data).hexdigest()
         try:
             self._check_size(len(data))
-            if _media_kind(data[:SNIFF_BYTES], lambda: data) == "image":
+            base.media_type = _media_kind(data[:SNIFF_BYTES], lambda: data)
+            if base.media_type == "image":
                 return self._image(data, name, base, timer)
             fd, tmp = tempfile.mkstemp(prefix="facetrust-", suffix=Path(name).suffix[:16])
             try:
@@ -225,6 +227,7 @@ class Analyzer:
                 raise MediaError(Status.unreadable, f"not a readable file: {path}")
             base.size_bytes = self._check_size(path.stat().st_size)
             base.sha256 = sha256_file(path)
+            base.media_type = "video"
             return self._video(path, base.path, base, timer, sampling, progress, cancel)
         except Exception as exc:  # noqa: BLE001
             return self._failed(base, exc, timer)
@@ -251,7 +254,7 @@ class Analyzer:
             status, message = Status.error, f"{type(exc).__name__}: {exc}"
         return base.model_copy(
             update={
-                "status": status,
+                "status": Status(status).value,
                 "error": message,
                 "fake_probability": None,
                 "label": None,
@@ -291,7 +294,7 @@ class Analyzer:
         )
 
     def _verdict(self, result: AnalysisResult, probability: float, rule: str) -> AnalysisResult:
-        result.status = Status.ok
+        result.status = Status.ok.value
         result.fake_probability = probability
         result.label = self.card.label_for(probability)
         result.label_strict = self.card.label_for(probability, strict=True)
@@ -313,7 +316,7 @@ class Analyzer:
         result.faces = [self._face(d, scores, i) for i, d in enumerate(detections)]
         verdict = aggregate.image_verdict([f.fake_probability for f in result.faces])
         if verdict is None:
-            result.status, result.error = Status.no_face, "no face found in the image"
+            result.status, result.error = Status.no_face.value, "no face found in the image"
         else:
             self._verdict(result, verdict.probability, verdict.rule)
         result.timings = timer.done()
@@ -384,7 +387,7 @@ class Analyzer:
             {tr.id: len(tr.frames) for tr in result.tracks},
         )
         if verdict is None:
-            result.status, result.error = Status.no_face, "no face found in any sampled frame"
+            result.status, result.error = Status.no_face.value, "no face found in any sampled frame"
         else:
             self._verdict(result, verdict.probability, verdict.rule)
         result.timings = timer.done()

@@ -42,7 +42,7 @@ def two_people(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) 
 
 
 def _assert_no_verdict(r: AnalysisResult, status: str) -> None:
-    assert r.status == status, (r.status, r.error)
+    assert r.status == status and type(r.status) is str, (r.status, r.error)
     assert r.fake_probability is None and r.label is None and r.label_strict is None
     assert r.error
 
@@ -60,6 +60,7 @@ def test_astronaut_photo_one_face_scored(analyzer: Analyzer, astronaut: np.ndarr
     data = jpeg_bytes(astronaut)
     r = analyzer.analyze_bytes(data, "astronaut.jpg")
     assert r.status == "ok" and r.error is None and r.media_type == "image"
+    assert type(r.status) is str and f"{r.status}" == "ok"  # plain values, as in the JSON
     assert (r.width, r.height) == (512, 512)
     assert r.sha256 == hashlib.sha256(data).hexdigest() and r.size_bytes == len(data)
     assert r.faces is not None and len(r.faces) == 1
