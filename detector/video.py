@@ -2,35 +2,41 @@
 
 Conventions (what the analyzer and the JSON report rely on):
 
-- **index** is the 0-based position of a frame in presentation order among the
-  decoded frames of the first (non cover-art) video stream; **time** is
-  ``(pts - stream.start_time) * time_base`` in seconds (the first frame's pts when
-  the stream has no start time), so variable frame rate videos get true times.
+- **index** is the 0-based position of a frame in presentation order in the first
+  (non cover-art) video stream: the rank of its timestamp among the timestamps of
+  all the stream's packets, or, when packets lack distinct timestamps (some AVI),
+  its position among the decoded frames. **time** is ``(pts - stream.start_time) *
+  time_base`` seconds (from the first frame's pts when the stream has no start
+  time), so variable frame rate videos get true times.
 - **rotation** is the clockwise angle (0/90/180/270) the stored picture is
   turned for display, read from the display matrix FFmpeg attaches to decoded
   frames (falling back to the old ``rotate`` metadata tag). Sampled images are
   turned by it, so a portrait phone video yields portrait images. Mirroring in
   the display matrix is ignored. Non-square pixels are stretched to square ones.
 - **sampling** (:class:`Sampling`): ``count`` takes N frames evenly spaced over the
-  frame indices (``linspace(0, n-1, N)`` rounded, the DFDC convention); ``fps``
+  frame indices (``round(linspace(0, n-1, N))``, the DFDC convention); ``fps``
   takes, for each target time ``k / F``, the frame whose timestamp is nearest
   (chosen by timestamps, so it is right for variable frame rates); ``all`` takes
   every frame.
-- **frame total** for ``count``: the header's frame count when it is positive and
-  agrees (within x2) with duration x fps; else the number of video packets
-  (one extra demux pass, no decoding); else duration x fps. If the real stream
-  ends before the last requested index, the last decoded frame is returned in
-  place of the missing tail (once), so the end of the video is always covered;
-  fewer than N frames then come back and :attr:`SampledFrames.truncated` is set.
+- **frame total** ``n``: header frame counts are missing (Matroska) or can lie, so
+  before decoding, one demux pass (no decoding; ~20 ms for a 1080p clip) counts the
+  stream's packets and collects their timestamps. If the decoder then yields fewer
+  frames than that and the last requested indices never come, the last decoded
+  frame is returned in their place (once), so the end of the video is covered;
+  fewer than N frames come back and :attr:`SampledFrames.truncated` is set.
 - **truncated or corrupt streams**: decoding stops at the first error; the frames
-  decoded until then are kept and :attr:`SampledFrames.truncated` is True. A
-  stream that yields no frame at all raises ``MediaError('unreadable')``.
-- **caps** (:class:`VideoLimits`) are checked on the header *and* on what the
-  decoder actually produces (frame size, timestamps, frame and sample counts):
-  exceeding any raises ``MediaError('too_large')``. A ``deadline``
-  (``time.monotonic()`` value) raises :class:`~detector.media.MediaTimeout`.
-- Only sampled frames are converted to RGB (the expensive step); decoding uses
-  FFmpeg's frame+slice threads (``thread_type='AUTO'``).
+  decoded until then are kept and :attr:`SampledFrames.truncated` is True (also set
+  when the header promises >10% more frames than the file holds). A stream that
+  yields no frame at all raises ``MediaError('unreadable')``; an MP4 cut before its
+  index cannot be opened: ``unreadable``.
+- **caps** (:class:`VideoLimits`) are checked on the header *and* on the stream
+  itself (packet count and last timestamp from the demux pass, then every decoded
+  frame's size and time, and the number of sampled frames): exceeding any raises
+  ``MediaError('too_large')``. A ``deadline`` (``time.monotonic()`` value) raises
+  :class:`~detector.media.MediaTimeout` (status ``timeout``).
+- **speed**: only sampled frames are converted to RGB; decoding uses FFmpeg's
+  frame+slice threads (``thread_type='AUTO'``), skips non-reference frames nobody
+  asked for, and seeks over long gaps (see :class:`SampledFrames`).
 """
 
 from __future__ import annotations
@@ -687,10 +693,10 @@ class SampledFrames(Iterator[SampledFrame]):
                             return
                         self._first_frame(frame)
                     self.frames_decoded += 1
+                    self._check_frame(frame, self.frames_decoded - 1 if rank is None else rank, None)
                     if rank is None:
                         continue  # a frame the demuxer did not announce: never sampled
-                    t = self._time(frame, None)
-                    self._check_frame(frame, rank, t)
+                    t = self._time(frame, None)  # within the duration cap: checked on the scan
                     last = (rank, t, frame)
                     if rank in remaining:
                         remaining.discard(rank)
@@ -783,7 +789,7 @@ class SampledFrames(Iterator[SampledFrame]):
         for item in tail:
             yield self._emit(*item)
 
-    def _check_frame(self, frame: av.VideoFrame, idx: int, t: float) -> None:
+    def _check_frame(self, frame: av.VideoFrame, idx: int, t: float | None) -> None:
         limits = self.limits
         if self.frames_decoded > limits.max_decoded_frames:
             raise MediaError(
@@ -795,7 +801,7 @@ class SampledFrames(Iterator[SampledFrame]):
                 f"frame {idx} is {frame.width}x{frame.height}, over the limit of "
                 f"{limits.max_pixels_per_frame:,} pixels per frame",
             )
-        if t > limits.max_duration_s + _DURATION_SLACK:
+        if t is not None and t > limits.max_duration_s + _DURATION_SLACK:
             raise MediaError(
                 Status.too_large,
                 f"video runs past {limits.max_duration_s:g} s (frame {idx} at {t:.1f} s), over the limit",

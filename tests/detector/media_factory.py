@@ -141,6 +141,7 @@ def write_video(
     gop: int | None = None,
     faststart: bool = False,
     audio: bool = False,
+    sample_aspect: Fraction | None = None,
     options: dict[str, str] | None = None,
 ) -> Path:
     """Write a real video; the container follows ``path``'s suffix (.mp4 .mov .mkv .webm .avi).
@@ -151,7 +152,9 @@ def write_video(
     ``vfr`` uses :func:`frame_times` with uneven gaps. ``draw`` is a function
     ``index -> HxWx3 uint8`` (upright), a picture to move across the frame, or None
     for :func:`coded_frame`. ``gop`` sets the keyframe interval; ``faststart`` puts the
-    MP4 index first (so a truncated copy still opens); ``audio`` adds a silent AAC track.
+    MP4 index first (so a truncated copy still opens); ``audio`` adds a silent AAC track;
+    ``sample_aspect`` stores non-square pixels (the pictures are written as given, so a
+    correct reader stretches them by this ratio).
     """
     path = Path(path)
     width, height = size
@@ -171,6 +174,8 @@ def write_video(
             stream.codec_context.time_base = tb
         if gop is not None:
             stream.codec_context.gop_size = gop
+        if sample_aspect is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect
         if rotation:
             stream.set_display_rotation(-rotation)
         astream = container.add_stream("aac", rate=16000) if audio else None
@@ -395,3 +400,46 @@ def hostile_images(picture: np.ndarray) -> dict[str, tuple[bytes, str | None]]:
         "bomb.gif": (gif_bomb(), "too_large"),
         "one_pixel.png": (encode_image(np.zeros((1, 1, 3), np.uint8), "png"), None),
     }
+
+
+def write_hostile_videos(directory: str | Path) -> dict[str, tuple[Path, str | None]]:
+    """Write hostile/edge-case video files into ``directory``.
+
+    Returns ``{name: (path, status)}`` where ``status`` is what
+    ``detector.video.iter_sampled_frames`` (decoding every sampled frame, default
+    limits) must end with, or ``None`` when some frames must come out.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    ok = write_video(d / "ok.mp4", 20, (64, 48), 10)
+    fast = write_video(d / "faststart.mp4", 40, (64, 48), 10, faststart=True)
+    out: dict[str, tuple[Path, str | None]] = {
+        "ok.mp4": (ok, None),
+        "zero_frames.avi": (write_zero_frame_video(d / "zero_frames.avi"), "unreadable"),
+        "audio_only.mp4": (write_audio_only(d / "audio_only.mp4"), "unsupported"),
+        "truncated_no_index.mp4": (truncate_file(ok, d / "truncated_no_index.mp4", 0.5), "unreadable"),
+        "truncated_faststart.mp4": (truncate_file(fast, d / "truncated_faststart.mp4", 0.7), None),
+        "huge_resolution.mp4": (write_huge_video(d / "huge_resolution.mp4"), "too_large"),
+        "header_lies_avi.avi": (
+            write_mjpeg_avi(
+                d / "header_lies_avi.avi",
+                [np.zeros((48, 64, 3), np.uint8), np.zeros((4400, 4400, 3), np.uint8)],
+                header_size=(64, 48),
+            ),
+            "too_large",
+        ),
+    }
+    for name, data, status in [
+        ("empty.mp4", b"", "unreadable"),
+        ("text.mp4", text_bytes(), "unsupported"),
+        ("html.webm", html_bytes(), "unsupported"),
+        ("zip.avi", zip_bytes(), "unsupported"),
+        ("ftyp_then_garbage.mp4", b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00" + bytes(range(256)) * 8,
+         "unreadable"),
+        ("ebml_then_garbage.mkv", b"\x1aE\xdf\xa3" + bytes(range(255, -1, -1)) * 8, "unreadable"),
+        ("riff_avi_then_garbage.avi", b"RIFF\x00\x10\x00\x00AVI LIST" + bytes(4096), "unreadable"),
+    ]:
+        path = d / name
+        path.write_bytes(data)
+        out[name] = (path, status)
+    return out

@@ -211,6 +211,16 @@ def test_rotation_with_downscale(tmp_path: Path) -> None:
     assert mf.marker_corner(frames[0].image_rgb) == "tl"
 
 
+def test_non_square_pixels(tmp_path: Path) -> None:
+    path = mf.write_video(tmp_path / "anamorphic.mp4", 3, (64, 48), FPS, sample_aspect=Fraction(2, 1))
+    meta = probe_video(path)
+    assert (meta.width, meta.height) == (128, 48)
+    frames, _ = collect(path, Sampling("all"))
+    assert {f.image_rgb.shape for f in frames} == {(48, 128, 3)}
+    frames, _ = collect(path, Sampling("all"), max_side_decode=64)
+    assert {f.image_rgb.shape for f in frames} == {(24, 64, 3)}
+
+
 # -- sampling real videos ---------------------------------------------------------------------
 def test_count_32_of_100(videos: dict[str, Path]) -> None:
     frames, it = collect(videos["h264"])
@@ -242,6 +252,17 @@ def test_optimised_equals_plain_decoding(name: str, sampling: Sampling, videos: 
     assert all(np.array_equal(a.image_rgb, b.image_rgb) for a, b in zip(fast, plain, strict=True))
     assert_codes(fast)
     assert it.frames_decoded <= plain_it.frames_decoded
+
+
+def test_fallback_when_frame_times_do_not_match_packets(videos: dict[str, Path]) -> None:
+    """If decoded timestamps cannot be matched to the packet scan, frames are counted instead."""
+    it = iter_sampled_frames(videos["h264"], Sampling("count", 9))
+    it._plan.rank = {}  # as if the decoder stamped frames differently from the demuxer
+    frames = list(it)
+    plain, _ = collect(videos["h264"], Sampling("count", 9), optimize=False)
+    assert [f.index for f in frames] == [f.index for f in plain] == sample_indices(100, Sampling("count", 9))
+    assert all(np.array_equal(a.image_rgb, b.image_rgb) for a, b in zip(frames, plain, strict=True))
+    assert it.frames_decoded == 100
 
 
 def test_sparse_sampling_seeks(videos: dict[str, Path]) -> None:
@@ -426,3 +447,14 @@ def test_truncated_never_crashes(name: str, keep: float, videos: dict[str, Path]
         idx = [f.index for f in frames]
         assert idx == sorted(set(idx)) and len(frames) <= 8
         assert frames, "a readable result has at least one frame"
+
+
+def test_hostile_video_catalogue(tmp_path: Path) -> None:
+    for name, (path, expected) in mf.write_hostile_videos(tmp_path).items():
+        t = time.perf_counter()
+        if expected is None:
+            frames, _ = collect(path)
+            assert frames, name
+        else:
+            assert status_iter(path) == expected, name
+        assert time.perf_counter() - t < 5, name
