@@ -158,6 +158,8 @@ def write_video(
     """
     path = Path(path)
     width, height = size
+    if codec == "libx264" and not codec_available(codec):
+        codec = "mpeg4"  # PyAV builds without x264 still have FFmpeg's own MPEG-4 encoder
     if rotation % 90:
         raise ValueError("rotation must be a multiple of 90")
     rotation %= 360
