@@ -104,7 +104,8 @@ class Analyzer:
     the shipped default. ``face_detector``: anything with ``detect``/``detect_batch``
     (default: :func:`detector.faces.create_face_detector`). ``batch_size``: sampled video
     frames whose faces are classified in one call; ``detect_pixels``: frame pixels given
-    to one ``detect_batch`` call (bounds the detector's memory; two 1080p frames). Raises
+    to one ``detect_batch`` call (bounds the detector's memory: one 1080p frame, eight
+    512x512 ones). Raises
     :class:`~detector.card.ModelCardError` for a missing or invalid model.
     """
 
@@ -115,7 +116,7 @@ class Analyzer:
         limits: Limits | None = None,
         face_detector: Any | None = None,
         batch_size: int = 16,
-        detect_pixels: int = 4_200_000,
+        detect_pixels: int = 2_100_000,
         threads: int | None = None,
     ) -> None:
         if isinstance(model, Classifier):
@@ -408,14 +409,16 @@ class _FrameBatch:
         self.a, self.timer, self.frames, self.detections = analyzer, timer, frames, detections
         self.pending: list[Any] = []  # decoded, awaiting detection
         self.pending_pixels = 0
-        self.waiting: list[tuple[Any, list[Any]]] = []  # (frame, faces), awaiting classification
+        self.waiting: list[tuple[tuple[int, float], list[Any]]] = []  # ((index, time), faces)
         self.crops: list[np.ndarray] = []
 
     def add(self, frame: Any) -> None:
+        pixels = int(frame.image_rgb.shape[0] * frame.image_rgb.shape[1])
+        if self.pending and self.pending_pixels + pixels > self.a.detect_pixels:
+            self._detect()
         self.pending.append(frame)
-        self.pending_pixels += int(frame.image_rgb.shape[0] * frame.image_rgb.shape[1])
-        full = len(self.pending) + len(self.waiting) >= self.a.batch_size
-        if self.pending_pixels >= self.a.detect_pixels or full:
+        self.pending_pixels += pixels
+        if len(self.pending) + len(self.waiting) >= self.a.batch_size:
             self._detect()
         if len(self.waiting) >= self.a.batch_size:
             self._classify()
@@ -433,7 +436,7 @@ class _FrameBatch:
         for f, faces in zip(self.pending, dets, strict=True):
             faces = list(faces)
             self.crops.extend(self.a._crops(f.image_rgb, faces))
-            self.waiting.append((f, faces))
+            self.waiting.append(((int(f.index), float(f.time)), faces))  # the picture is dropped
         self.timer.add("classify", t)
         self.pending, self.pending_pixels = [], 0
 
@@ -444,13 +447,13 @@ class _FrameBatch:
         scores = self.a._score(self.crops)
         self.timer.add("classify", t)
         i = 0
-        for f, faces in self.waiting:
+        for (index, t_frame), faces in self.waiting:
             out = [self.a._face(d, scores, i + j) for j, d in enumerate(faces)]
             i += len(faces)
             self.frames.append(
                 Frame(
-                    index=int(f.index),
-                    time=float(f.time),
+                    index=index,
+                    time=t_frame,
                     faces=out,
                     fake_probability=aggregate.frame_score([x.fake_probability for x in out]),
                 )
@@ -514,7 +517,7 @@ def create_analyzer(
     limits: Limits | None = None,
     face_detector: Any | None = None,
     batch_size: int = 16,
-    detect_pixels: int = 4_200_000,
+    detect_pixels: int = 2_100_000,
     threads: int | None = None,
 ) -> Analyzer:
     """Build an :class:`Analyzer` (the shipped default model when ``model`` is None)."""
