@@ -171,6 +171,8 @@ def register(app: typer.Typer) -> None:
             AnalysisResult(path=str(p), status=Status.unreadable, error=f"no such file or directory: {p}")
             for p in missing
         ]
+        if not files and not missing:
+            typer.echo("warning: no files to scan (hidden files are skipped)", err=True)
         results += _analyze_all(analyzer, files, sampling)
 
         if json_out:

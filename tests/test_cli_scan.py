@@ -97,6 +97,10 @@ def test_directory_recursive_skips_hidden(tiny_model: Path, media: dict[str, Pat
     assert table.returncode == 2
     for r in out:
         assert r["sha256"] in table.stdout
+    empty = tmp_path / ".git"
+    (empty / "x.jpg").unlink()
+    code, out, stderr = scan_json(empty, "--model", tiny_model)
+    assert (code, out) == (0, []) and "no files to scan" in stderr
 
 
 BAD_INPUTS = {
