@@ -135,12 +135,13 @@ def test_parallel_run_gives_the_same_index(prepared: tuple[Path, dict], tree: Pa
 
 def test_limit_role_and_bad_settings(tree: Path, tmp_path: Path) -> None:
     meta = prepare_main("folders", tree, tmp_path / "lim", frames=2, size=64, workers=1, progress=False,
-                        limit=2, dense_landmarks=False)
-    assert meta["counts"]["sources"] == 2
+                        limit=2, dense_landmarks=False, detector_min_face=40)
+    assert meta["counts"]["sources"] == 2 and meta["detector"]["min_face_size"] == 40
     assert all(r["landmarks68"] is None for r in _records(tmp_path / "lim"))
     with pytest.raises(PrepareError, match="no media"):
         prepare_main("folders", tree, tmp_path / "dev", role="dev", progress=False)
-    for bad in ({"frames": 0}, {"margin": 0.5}, {"size": 8}, {"min_score": 2.0}, {"workers": 0}):
+    for bad in ({"frames": 0}, {"margin": 0.5}, {"size": 8}, {"min_score": 2.0}, {"workers": 0},
+                {"detector_min_face": 0}, {"role": "judge"}):
         with pytest.raises(PrepareError):
             prepare_main("folders", tree, tmp_path / "bad", progress=False, **bad)
 
