@@ -26,8 +26,10 @@ log = logging.getLogger("facetrust.serving")
 
 #: Seconds a new worker may take to load the model and pass its warm-up.
 START_TIMEOUT = 180.0
-#: Seconds a worker gets, after a cancel or its soft deadline, before it is killed.
+#: Seconds a worker gets to honour a cancel before it is killed.
 GRACE = 2.0
+#: Seconds past a task's timeout (when the worker stops by itself) before it is killed.
+TIMEOUT_GRACE = 0.5
 
 Progress = Callable[[int, int], None]
 
@@ -249,7 +251,10 @@ class WorkerPool:
                 outcome = fut.result()
             except BaseException as exc:  # noqa: BLE001 - executor shut down or a bug
                 outcome = Outcome("crashed", detail=f"{type(exc).__name__}: {exc}")
-            loop.call_soon_threadsafe(self._after, worker, outcome)
+            try:
+                loop.call_soon_threadsafe(self._after, worker, outcome)
+            except RuntimeError:  # the event loop is gone (server shut down): just stop the worker
+                worker.kill()
 
         future.add_done_callback(finish)
         try:
@@ -268,7 +273,7 @@ class WorkerPool:
         self, worker: _Worker, task: Task, progress: Progress | None, cancel: threading.Event
     ) -> Outcome:
         t0 = time.monotonic()
-        hard_deadline = t0 + task.timeout + GRACE
+        hard_deadline = t0 + task.timeout + TIMEOUT_GRACE
         conn = worker.conn
         try:
             conn.send(("analyze", task))

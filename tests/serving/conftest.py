@@ -7,6 +7,7 @@ and expiry tests. Both use the real tiny ONNX model from ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -53,30 +54,62 @@ class LiveServer:
     def client(self, key: str | None = "alice", **kwargs: object) -> httpx.Client:
         """An httpx client for this server sending ``key``'s API key (None: no key)."""
         headers = {"X-API-Key": self.keys[key]} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)  # type: ignore[arg-type]
+        kwargs.setdefault("timeout", 60)
+        return httpx.Client(base_url=self.url, headers=headers, **kwargs)  # type: ignore[arg-type]
 
     def log(self) -> str:
         """Everything the server wrote to stdout/stderr so far (audit lines included)."""
         return self.log_path.read_text(errors="replace")
 
+    def audit(self, request_id: str, timeout: float = 10.0) -> dict:
+        """The audit record of ``request_id`` (written just after the response: polled)."""
+        deadline = time.monotonic() + timeout
+        needle = f'"request_id":"{request_id}"'
+        while True:
+            for line in self.log().splitlines():
+                if line.startswith('{"event":"request"') and needle in line:
+                    return json.loads(line)
+            assert time.monotonic() < deadline, f"no audit line for {request_id}"
+            time.sleep(0.05)
+
     def leftover_files(self) -> list[Path]:
         """Files left in the configured temp dir (must be none between requests)."""
         return files_under(self.temp_dir)
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Block until /readyz answers 200."""
+    def wait_ready(self, timeout: float = 90.0, all_workers: bool = False) -> None:
+        """Block until /readyz answers 200 (and, with ``all_workers``, every worker is warm)."""
         deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.url, timeout=5) as c:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
                 try:
-                    if c.get("/readyz").status_code == 200:
+                    r = c.get("/readyz")
+                    if r.status_code == 200 and (
+                        not all_workers or r.json()["workers_ready"] == r.json()["workers"]
+                    ):
                         return
                 except httpx.TransportError:
                     pass
                 time.sleep(0.1)
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def metric(self, series: str) -> float:
+        """Current value of one Prometheus series, e.g. ``'facetrust_workers_ready'`` (0 if absent)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == series:
+                return float(value)
+        return 0.0
+
+    def wait_metric(self, series: str, at_least: float, timeout: float = 30.0) -> float:
+        """Poll until ``series`` reaches ``at_least``."""
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(series)) < at_least:
+            assert time.monotonic() < deadline, f"{series} = {value}, expected >= {at_least}"
+            time.sleep(0.1)
+        return value
 
     def wait_no_leftovers(self, timeout: float = 5.0) -> list[Path]:
         """Poll until the temp dir holds no file (cleanup may finish just after the answer)."""
@@ -130,7 +163,7 @@ def start_server(
         )
     server = LiveServer(f"http://127.0.0.1:{port}", temp_dir, log_path, proc, keys)
     try:
-        server.wait_ready()
+        server.wait_ready(all_workers=True)
     except BaseException:
         server.stop()
         raise

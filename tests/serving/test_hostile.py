@@ -56,9 +56,12 @@ def test_every_hostile_file_is_answered_correctly(
                 assert "Traceback" not in r.text
             left = live.wait_no_leftovers()
             assert left == [], f"{case.name} left {left}"
-            ok = c.post("/v1/analyze", files={"file": ("face.jpg", small_face_jpeg, "image/jpeg")})
-            assert ok.status_code == 200, f"after {case.name}: {ok.text}"
-            assert ok.json()["result"]["status"] == "ok"
+            if case.status not in (413, 415) and data:  # it reached a worker: is the pool still fine?
+                ok = c.post("/v1/analyze", files={"file": ("face.jpg", small_face_jpeg, "image/jpeg")})
+                assert ok.status_code == 200, f"after {case.name}: {ok.text}"
+                assert ok.json()["result"]["status"] == "ok"
+        ok = c.post("/v1/analyze", files={"file": ("face.jpg", small_face_jpeg, "image/jpeg")})
+        assert ok.status_code == 200 and ok.json()["result"]["status"] == "ok"
     assert not failures, "\n".join(failures)
 
 
