@@ -60,6 +60,11 @@ def prepare(
     margin: Annotated[float, typer.Option(help="margin of the stored crops (>= the model's margin)")] = 2.0,
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
     limit: Annotated[int | None, typer.Option(help="at most this many media files (quick checks)")] = None,
+    min_face: Annotated[int, typer.Option(help="smallest face side kept, in pixels")] = 40,
+    role: Annotated[str, typer.Option(help="train, dev or all: which files of the card")] = "train",
+    holdout: Annotated[list[str] | None, typer.Option(help="method to hold out (repeatable)")] = None,
+    dense_landmarks: Annotated[bool, typer.Option(help="68-point landmarks with dlib")] = True,
+    detector_min_face: Annotated[int | None, typer.Option(help="detector min face size")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Detect, align and crop every face of a dataset into a prepared folder for training."""
@@ -70,7 +75,9 @@ def prepare(
         from training.prepare import prepare_main
 
         result = prepare_main(card, root, out, frames=frames, margin=margin, size=size, workers=workers,
-                              limit=limit)
+                              limit=limit, min_face=min_face, role=None if role == "all" else role,
+                              holdout_methods=holdout or (), dense_landmarks=dense_landmarks,
+                              detector_min_face=detector_min_face)
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
     if result is not None:

@@ -166,3 +166,18 @@ def test_reader_gives_serving_crops(prepared: tuple[Path, dict], tree: Path, ast
         index.load_crop({**rec, "file": "crops/none.jpg"})
     with pytest.raises(PreparedError, match="not a prepared folder"):
         PreparedIndex(tree)
+
+
+def test_cli_prepare(tree: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from facetrust.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+    args = ["--frames", "2", "--size", "64", "--limit", "2", "--no-dense-landmarks", "--workers", "1"]
+    res = runner.invoke(app, ["prepare", "folders", str(tree), str(tmp_path / "cli"), *args])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["counts"]["sources"] == 2
+    res = runner.invoke(app, ["prepare", "folders", str(tree), str(tmp_path / "dev"), "--role", "dev"])
+    assert res.exit_code == 2 and "no media" in res.output
