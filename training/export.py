@@ -124,7 +124,12 @@ def quantize_int8(
     *,
     batch: int = 16,
 ) -> Path:
-    """Static INT8 quantisation of an exported classifier (QDQ, per-channel weights).
+    """Static 8-bit quantisation of an exported classifier (QDQ, per-channel weights).
+
+    Activations and weights are both unsigned 8-bit (U8U8): with signed weights (U8S8)
+    x86 CPUs without VNNI saturate their 16-bit intermediate sums, which on
+    EfficientNet-Lite turned the logits into noise (correlation with FP32 near 0 on face
+    crops, against 0.88 for U8U8).
 
     ``calibration_inputs``: normalised ``[N,3,S,S]`` float32 real face crops that set the
     activation ranges. The card is embedded in the quantised file (full onnx check).
@@ -165,7 +170,7 @@ def quantize_int8(
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                weight_type=QuantType.QUInt8,
             )
     embed_card(out_path, card)
     return out_path

@@ -65,7 +65,8 @@ def torch_one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def trained_run(prepared_corpus: Path, tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) -> Path:
+def trained_run(prepared_corpus: Path, tmp_path_factory: pytest.TempPathFactory,
+                torch_one_thread: None) -> Path:
     """A run trained for 2 steps and exported (``model.onnx`` in the run folder)."""
     from training.train import train_main
 

@@ -52,6 +52,23 @@ def _write(path: Path, img: np.ndarray) -> None:
     assert cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
+def _write_clip(path: Path, photo: np.ndarray, n_frames: int = 12) -> None:
+    """A short real video: the photo panning slowly (MPEG-4 Part 2, 256 x 256, 12 fps)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 256, 256, "yuv420p"
+        for i in range(n_frames):
+            x0 = 2 * i
+            frame = cv2.resize(photo[0 : 480, x0 : x0 + 480], (256, 256), interpolation=cv2.INTER_AREA)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
 def make_corpus(root: Path) -> Path:
     """Write the corpus under ``root`` and its dataset card; returns the card path."""
     from detector.faces import create_face_detector
@@ -71,6 +88,7 @@ def make_corpus(root: Path) -> Path:
                 fake, mask = self_blend(img, landmarker(img, face.landmarks), rng)
                 assert mask.max() > 0.2
                 _write(root / "fake" / f"{person}_{name}_sbi.png", fake)
+    _write_clip(root / "real" / "astronaut_clip_1.mp4", _photos()["astronaut"])
     # unscorable items that land in the test split: a photo without a face and a corrupt file
     from skimage import data
 

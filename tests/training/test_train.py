@@ -39,7 +39,8 @@ def test_run_folder_holds_checkpoints_config_and_log(trained_run: Path) -> None:
         assert "conv_stem.weight" in f.keys()
 
 
-def test_exported_model_runs_in_the_detector(trained_run: Path, astronaut: np.ndarray, tmp_path: Path) -> None:
+def test_exported_model_runs_in_the_detector(trained_run: Path, astronaut: np.ndarray,
+                                             tmp_path: Path) -> None:
     from detector.analyze import create_analyzer
     from detector.card import read_card
 
@@ -132,7 +133,8 @@ def test_cli_train_with_overrides_and_errors(prepared_corpus: Path, tmp_path: Pa
     res = runner.invoke(app, ["train", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "cannot read config" in res.output
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**cfg.to_dict(), "out": str(tmp_path / "x"), "data": [{"path": str(tmp_path)}]}))
+    bad.write_text(yaml.safe_dump({**cfg.to_dict(), "out": str(tmp_path / "x"),
+                                   "data": [{"path": str(tmp_path)}]}))
     res = runner.invoke(app, ["train", str(bad)])
     assert res.exit_code == 2 and "not a prepared folder" in res.output
 
@@ -144,7 +146,8 @@ def test_config_validation_and_overrides(tmp_path: Path) -> None:
     cfg = config_from_dict({"data": ["prep"]}, ["augment.jpeg_prob=0.9", "validation.holdout_methods=[x]"])
     assert cfg.augment.jpeg_prob == 0.9 and cfg.validation.holdout_methods == ["x"]
     assert cfg.data[0].path == "prep" and cfg.data[0].weight == 1.0
-    for bad in ({"data": []}, {"data": ["p"], "nope": 1}, {"data": ["p"], "sbi_prob": 0.8, "cross_blend_prob": 0.5},
+    for bad in ({"data": []}, {"data": ["p"], "nope": 1},
+                {"data": ["p"], "sbi_prob": 0.8, "cross_blend_prob": 0.5},
                 {"data": ["p"], "amp": "fp8"}, {"data": ["p"], "epochs": 1.5}, {"data": ["p"], "augment": 3},
                 {"data": ["p"], "augment": {"jpeg_quality_min": 99, "jpeg_quality_max": 10}}):
         with pytest.raises(ConfigError):

@@ -1,0 +1,115 @@
+"""`facetrust export`: calibration, thresholds, card, parity on real crops, INT8 keep/discard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from facetrust import _train
+from training.train import TrainError
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """test app"""
+
+    _train.register(app)
+    return app
+
+
+def test_cli_export_with_int8(trained_run: Path, tmp_path: Path) -> None:
+    from detector.card import read_card
+    from detector.classifier import Classifier
+
+    out = tmp_path / "m" / "model.onnx"
+    res = CliRunner().invoke(_app(), ["export", str(trained_run), "--out", str(out), "--int8",
+                                      "--calibration", "temperature"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["parity_max_abs_prob_diff"] <= 1e-4
+    assert summary["calibration"] == "temperature"
+    card = read_card(str(out))
+    info = card.metrics["int8"]
+    assert info == summary["int8"]
+    assert 0.0 <= info["auc_fp32"] <= 1.0 and 0.0 <= info["auc_int8"] <= 1.0
+    int8_path = out.with_name("model.int8.onnx")
+    # kept exactly when the AUC drop is within 0.005
+    assert info["kept"] == (info["auc_fp32"] - info["auc_int8"] <= 0.005)
+    assert int8_path.exists() == info["kept"]
+    if info["kept"]:
+        q = Classifier(int8_path)
+        assert q.card.version.endswith("+int8") and q.card.metrics["int8"]["kept"]
+        crops = np.zeros((2, card.input_size, card.input_size, 3), np.uint8)
+        assert q.score(crops).probabilities.shape == (2,)
+    # the export report of the run folder matches
+    report = json.loads((trained_run / "export.json").read_text())
+    assert report["onnx"] == str(out) and report["int8"]["kept"] == info["kept"]
+
+
+def test_int8_quantisation_keeps_card_and_ranks_like_fp32(prepared_corpus: Path, tmp_path: Path,
+                                                          torch_one_thread: None) -> None:
+    """quantize_int8 on real crops of a model whose logit varies (ImageNet 'tabby cat' score
+    of the packaged Lite0): card embedded, INT8 logits track FP32."""
+    import onnxruntime as ort
+    import torch
+
+    from detector.card import ModelCard, read_card
+    from detector.crops import crop_face, to_model_input
+    from training.export import export_classifier, quantize_int8
+    from training.models import create_backbone
+    from training.prepared import PreparedIndex
+
+    class CatScore(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = create_backbone("tf_efficientnet_lite0", 1000, "imagenet-package",
+                                       skip_classifier=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.net(x)
+            return out[:, 281:282] - out.mean(dim=1, keepdim=True)
+
+    card = ModelCard(name="cat-score", version="1", architecture="timm/tf_efficientnet_lite0", input_size=96,
+                     mean=(0.5,) * 3, std=(0.5,) * 3)
+    index = PreparedIndex(prepared_corpus)
+    crops = np.stack([crop_face(index.load_crop(r), r["box"], 1.3, 96) for r in index.records])
+    x = to_model_input(crops, card.mean, card.std)
+    fp32 = tmp_path / "cat.onnx"
+    assert export_classifier(CatScore().eval(), card, fp32, check_inputs=x) <= 1e-4
+    q = quantize_int8(fp32, tmp_path / "q.onnx", x, card)
+    assert read_card(str(q)) == card
+    a = ort.InferenceSession(str(fp32)).run(None, {"input": x})[0]
+    b = ort.InferenceSession(str(q)).run(None, {"input": x})[0]
+    assert a.std() > 0.2  # the scores really vary across the crops
+    assert np.corrcoef(a, b)[0, 1] > 0.8
+    assert len(q.read_bytes()) < 0.5 * len(fp32.read_bytes())
+    with pytest.raises(ValueError):
+        quantize_int8(fp32, tmp_path / "q2.onnx", x[:0], card)
+
+
+def test_export_errors_are_clear(trained_run: Path, tmp_path: Path) -> None:
+    from training.release import export_run
+
+    res = CliRunner().invoke(_app(), ["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and "neither a run folder nor a checkpoint" in res.output
+    # a validation set without fakes cannot calibrate: say so, write no model
+    run = tmp_path / "nofakes"
+    shutil.copytree(trained_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["validation"]["synthetic_fakes"] = False
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(TrainError, match="calibration needs both"):
+        export_run(run, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    res = CliRunner().invoke(_app(), ["export", str(run), "--out", str(tmp_path / "x.onnx")])
+    assert res.exit_code == 2 and "calibration needs both" in res.output
