@@ -39,6 +39,21 @@ def head(server: LiveServer, path: str, extra: str, key: str | None = "alice") -
     return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
 
 
+def start_upload(
+    server: LiveServer, framing: str, request_id: str = "", boundary: str = BOUNDARY
+) -> socket.socket:
+    """Connect and send the head of a multipart ``POST /v1/analyze``.
+
+    ``framing`` is ``'Content-Length: N'`` or ``'Transfer-Encoding: chunked'``.
+    """
+    sock = connect(server)
+    extra = f"Content-Type: multipart/form-data; boundary={boundary}\r\n{framing}\r\n"
+    if request_id:
+        extra += f"X-Request-ID: {request_id}\r\n"
+    sock.sendall(head(server, "/v1/analyze", extra))
+    return sock
+
+
 def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body of one HTTP/1.1 response (Content-Length framed)."""
     sock.settimeout(timeout)
@@ -63,15 +78,7 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict
 
 def test_declared_oversize_is_refused_before_reading(live: LiveServer) -> None:
     """Content-Length over the limit: 413 at once, while the client has sent no body byte."""
-    with connect(live) as sock:
-        sock.sendall(
-            head(
-                live,
-                "/v1/analyze",
-                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-                f"Content-Length: {10 * 1024**3}\r\nX-Request-ID: declared-big\r\n",
-            )
-        )
+    with start_upload(live, f"Content-Length: {10 * 1024**3}", "declared-big") as sock:
         t0 = time.monotonic()
         status, headers, body = read_response(sock)
     assert status == 413 and time.monotonic() - t0 < 5
@@ -86,15 +93,7 @@ def test_streamed_oversize_is_refused_while_streaming(live: LiveServer) -> None:
     total_planned = 40 * MAX_UPLOAD
     sent = 0
     response = None
-    with connect(live) as sock:
-        sock.sendall(
-            head(
-                live,
-                "/v1/analyze",
-                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-                "Transfer-Encoding: chunked\r\nX-Request-ID: streamed-big\r\n",
-            )
-        )
+    with start_upload(live, "Transfer-Encoding: chunked", "streamed-big") as sock:
         first = multipart(("file", "big.jpg", b"\xff\xd8\xff\xe0"), close=False)[:-2]
         payload = b"\x00" * 65536
         chunks = [first] + [payload] * (total_planned // len(payload))
@@ -201,15 +200,7 @@ def test_multipart_with_two_files_via_httpx(live: LiveServer, small_face_jpeg: b
 
 def test_client_vanishing_mid_upload_leaves_nothing(live: LiveServer) -> None:
     body = multipart(("file", "a.mp4", b"\x00\x00\x00\x18ftypisom" + b"\x00" * 500_000))
-    with connect(live) as sock:
-        sock.sendall(
-            head(
-                live,
-                "/v1/analyze",
-                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-                f"Content-Length: {len(body)}\r\nX-Request-ID: vanished\r\n",
-            )
-        )
+    with start_upload(live, f"Content-Length: {len(body)}", "vanished") as sock:
         sock.sendall(body[: len(body) // 2])
         time.sleep(0.3)
     assert live.audit("vanished")["error"] == "client_disconnected"
@@ -221,14 +212,7 @@ def test_client_vanishing_mid_upload_leaves_nothing(live: LiveServer) -> None:
 def test_slow_upload_gets_408(tight: LiveServer) -> None:
     """upload_timeout is 2 s on the tight server: a client that stalls mid-body gets 408."""
     body = multipart(("file", "a.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 5000))
-    with connect(tight) as sock:
-        sock.sendall(
-            head(
-                tight,
-                "/v1/analyze",
-                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n",
-            )
-        )
+    with start_upload(tight, f"Content-Length: {len(body)}") as sock:
         sock.sendall(body[:1000])
         t0 = time.monotonic()
         status, _, payload = read_response(sock, timeout=15)
@@ -238,14 +222,7 @@ def test_slow_upload_gets_408(tight: LiveServer) -> None:
 
 
 def test_bad_content_length(live: LiveServer) -> None:
-    with connect(live) as sock:
-        sock.sendall(
-            head(
-                live,
-                "/v1/analyze",
-                "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: banana\r\n",
-            )
-        )
+    with start_upload(live, "Content-Length: banana", boundary="x") as sock:
         try:
             status, _, _ = read_response(sock)
         except (ConnectionResetError, IndexError):
