@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -37,12 +39,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _photo_bytes(side: int = 1000) -> bytes:
+def _photo_bytes(side: int = 1000, source: Path | None = None) -> bytes:
+    """The astronaut (or ``source``) resized to ``side`` x ``side``, as a JPEG."""
     import cv2
     from PIL import Image
-    from skimage import data
 
-    big = cv2.resize(data.astronaut(), (side, side), interpolation=cv2.INTER_CUBIC)
+    if source is None:
+        from skimage import data
+
+        picture = data.astronaut()
+    else:
+        picture = np.asarray(Image.open(source).convert("RGB"))
+    big = cv2.resize(picture, (side, side), interpolation=cv2.INTER_CUBIC)
     buf = io.BytesIO()
     Image.fromarray(big).save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: cores)")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled from the clip")
     parser.add_argument("--clip", type=Path, default=None, help="video to time (default: facenet_street.mp4)")
+    parser.add_argument("--photo", type=Path, default=None, help="picture to upscale (default: astronaut)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_rss_mb": round(_peak_rss_mb(), 1),
     }
 
-    photo = _photo_bytes()
+    photo = _photo_bytes(source=args.photo)
     results, wall = _run(lambda: analyzer.analyze_bytes(photo, "astronaut_1000.jpg"), args.repeat)
     assert all(r.status == "ok" for r in results), results[0].error
     report["photo"] = {
