@@ -281,3 +281,13 @@ def test_video_batching_detects_by_pixel_budget_and_classifies_per_group(
     assert r.status == "ok" and len(r.frames) == 10
     assert detect_sizes == [2, 2, 2, 2, 2]
     assert score_sizes == [4, 4, 2]  # one face per frame, 4 frames per classifier call
+
+
+def test_animated_gif_is_a_video_and_a_still_gif_an_image(analyzer: Analyzer, astronaut, tmp_path) -> None:
+    small = astronaut[::2, ::2]
+    anim = mf.animated_gif([np.roll(small, 3 * i, axis=1) for i in range(5)])
+    r = analyzer.analyze_bytes(anim, "anim.gif", sampling=Sampling("all"))
+    assert r.status == "ok" and r.media_type == "video", r.error
+    assert len(r.frames) == 5 and len(r.tracks) == 1
+    still = analyzer.analyze_bytes(mf.encode_image(small, "gif"), "still.gif")
+    assert still.status == "ok" and still.media_type == "image" and len(still.faces) == 1
