@@ -96,28 +96,51 @@ def nms(
     return kept[np.argsort(-scores[kept], kind="stable")]
 
 
-def _nms_one(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str) -> np.ndarray:
-    x0, y0, x1, y1 = boxes.T
+_NMS_BLOCK = 1024
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
+    """``[len(a), len(b)]`` IoU (``"iou"``) or intersection over the smaller box (``"min"``, +1)."""
     one = 1.0 if method == "min" else 0.0
-    area = (x1 - x0 + one) * (y1 - y0 + one)
-    keep = []
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + one
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + one
+    inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
+    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
+    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if method == "min":
+            return inter / np.minimum(area_a[:, None], area_b[None, :])
+        return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def _nms_one(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str) -> np.ndarray:
     # "iou" visits boxes as torchvision does (descending score, ties in input order); "min" as
     # facenet-pytorch's nms_numpy (last of numpy's ascending argsort first), so that boxes with
-    # equal scores (same clipped crop) resolve the same way.
+    # equal scores (same clipped crop) resolve the same way. A box is dropped when its overlap
+    # with a kept earlier box is above the threshold ("iou"; NaN keeps) or not at most the
+    # threshold ("min"; NaN drops), as in each original.
     order = np.argsort(-scores, kind="stable") if method == "iou" else np.argsort(scores)[::-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        while order.size:
-            i = order[0]
-            keep.append(i)
-            rest = order[1:]
-            w = np.maximum(0.0, np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]) + one)
-            h = np.maximum(0.0, np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]) + one)
-            inter = w * h
-            if method == "min":
-                order = rest[inter / np.minimum(area[i], area[rest]) <= threshold]
-            else:
-                order = rest[~(inter / (area[i] + area[rest] - inter) > threshold)]
-    return np.asarray(keep, dtype=np.int64)
+    b = boxes[order]
+    n = len(b)
+    kept = np.zeros(n, dtype=bool)
+    # Greedy NMS, a block of boxes at a time: first drop what the boxes kept in earlier blocks
+    # overlap, then resolve the block in order from its overlap matrix (only rows that overlap
+    # anything need a Python step).
+    for start in range(0, n, _NMS_BLOCK):
+        stop = min(n, start + _NMS_BLOCK)
+        blk = b[start:stop]
+        dropped = np.zeros(stop - start, dtype=bool)
+        prev = b[:start][kept[:start]]
+        if len(prev):
+            o = _overlap(prev, blk, method)
+            dropped |= (o > threshold if method == "iou" else ~(o <= threshold)).any(axis=0)
+        o = _overlap(blk, blk, method)
+        over = np.triu(o > threshold if method == "iou" else ~(o <= threshold), k=1)
+        for i in np.flatnonzero(over.any(axis=1)):
+            if not dropped[i]:
+                dropped |= over[i]
+        kept[start:stop] = ~dropped
+    return order[kept]
 
 
 def _square(boxes: np.ndarray) -> np.ndarray:
@@ -156,35 +179,42 @@ def _area_bins(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.nda
 
 def _integral(image: np.ndarray) -> np.ndarray:
     """Planar integral image ``[3, H+1, W+1]`` int32 of an ``H x W x 3`` uint8 image (exact)."""
-    return np.stack([cv2.integral(plane, sdepth=cv2.CV_32S) for plane in cv2.split(image)])
+    h, w = image.shape[:2]
+    out = np.empty((3, h + 1, w + 1), dtype=np.int32)
+    for c, plane in enumerate(cv2.split(image)):
+        cv2.integral(plane, out[c], sdepth=cv2.CV_32S)
+    return out
 
 
 _OFFSET = np.float32(_NORM_MEAN * _NORM_SCALE)
 
 
-def _pyramid_level(image: np.ndarray, integral: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """``interpolate(image, (out_h, out_w), mode="area")``, normalised, ``[3, out_h, out_w]``.
+def _pyramid_level(image: np.ndarray, integral: np.ndarray, out: np.ndarray) -> None:
+    """Write ``interpolate(image, out.shape[1:], mode="area")``, normalised, into ``out``.
 
     Exactly facenet-pytorch's pyramid resampling. Growing by one pixel (the pyramid's first level
     at scale 1) averages each 2x2 neighbourhood of the edge-replicated image; otherwise sums come
     from the integral image.
     """
     h, w = image.shape[:2]
+    out_h, out_w = out.shape[1:]
     if (out_h, out_w) == (h + 1, w + 1):
         padded = cv2.copyMakeBorder(image, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
         sums = cv2.boxFilter(padded, cv2.CV_32F, (2, 2), anchor=(0, 0), normalize=False)
-        planes = [
-            cv2.subtract(cv2.multiply(p[:out_h, :out_w], _NORM_SCALE / 4), float(_OFFSET))
-            for p in cv2.split(sums)
-        ]
-        return np.stack(planes)
+        for c, plane in enumerate(cv2.split(sums)):
+            out[c] = plane[:out_h, :out_w]
+        out *= np.float32(_NORM_SCALE / 4)
+        out -= _OFFSET
+        return
     (r0, r1), (c0, c1) = _area_bins([0], [h], out_h), _area_bins([0], [w], out_w)
     r0, r1, c0, c1 = r0[0], r1[0], c0[0], c1[0]
-    rows = integral[:, r1] - integral[:, r0]
-    sums = (rows[:, :, c1] - rows[:, :, c0]).astype(np.float32)
-    sums *= np.float32(_NORM_SCALE) / ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)
-    sums -= _OFFSET
-    return sums
+    rows = np.take(integral, r1, axis=1)
+    rows -= np.take(integral, r0, axis=1)
+    sums = np.take(rows, c1, axis=2)
+    sums -= np.take(rows, c0, axis=2)
+    inv = np.float32(_NORM_SCALE) / ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)
+    np.multiply(sums, inv, out=out, casting="unsafe")
+    out -= _OFFSET
 
 
 def _crops(integral: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,15 +232,17 @@ def _crops(integral: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarr
     ey = np.minimum(b[:, 3], h)
     ok = (ex > x) & (ey > y)
     x, y, ex, ey = x[ok], y[ok], ex[ok], ey[ok]
-    ys0, ys1 = _area_bins(y, ey - y, size)
-    xs0, xs1 = _area_bins(x, ex - x, size)
-    r0, r1 = ys0[:, :, None], ys1[:, :, None]
-    c0, c1 = xs0[:, None, :], xs1[:, None, :]
-    sums = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]
-    crops = sums.astype(np.float32)  # [3, N, size, size]
-    crops *= np.float32(_NORM_SCALE) / ((r1 - r0) * (c1 - c0)).astype(np.float32)
-    crops -= _OFFSET
-    return np.ascontiguousarray(crops.transpose(1, 0, 2, 3)), ok
+    r0, r1 = _area_bins(y, ey - y, size)
+    c0, c1 = _area_bins(x, ex - x, size)
+    inv = np.float32(_NORM_SCALE) / ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]).astype(np.float32)
+    r0, r1 = (r0 * (w + 1))[:, :, None], (r1 * (w + 1))[:, :, None]
+    c0, c1 = c0[:, None, :], c1[:, None, :]
+    i11, i01, i10, i00 = r1 + c1, r0 + c1, r1 + c0, r0 + c0
+    out = np.empty((len(x), 3, size, size), dtype=np.float32)
+    for c, flat in enumerate(integral.reshape(3, -1)):
+        np.multiply((flat[i11] - flat[i01]) - (flat[i10] - flat[i00]), inv, out=out[:, c], casting="unsafe")
+    out -= _OFFSET
+    return out, ok
 
 
 def _check_image(image: object, index: int | None = None) -> np.ndarray:
@@ -367,7 +399,9 @@ class FaceDetector:
         found: list[list[np.ndarray]] = [[] for _ in frames]
         for scale in scales:
             size = (int(w * scale + 1), int(h * scale + 1))
-            level = np.stack([_pyramid_level(f.image, f.integral_image(), size[1], size[0]) for f in frames])
+            level = np.empty((len(frames), 3, size[1], size[0]), dtype=np.float32)
+            for f, out in zip(frames, level, strict=True):
+                _pyramid_level(f.image, f.integral_image(), out)
             per_call = max(1, _PNET_PIXELS_PER_CALL // (size[0] * size[1]))
             for start in range(0, len(frames), per_call):
                 batch = level[start : start + per_call]
