@@ -152,3 +152,20 @@ def test_bad_model_and_flags_exit_2_with_a_message(tmp_path: Path, media: dict[s
     assert proc.returncode == 2 and "only one of --frames, --fps, --all-frames" in proc.stderr
     proc = scan(media["face"], "--fps", "0")
     assert proc.returncode == 2 and "--fps must be > 0" in proc.stderr
+
+
+def test_scan_path_never_imports_torch(tiny_model: Path, media: dict[str, Path]) -> None:
+    code = (
+        "import sys\n"
+        "from facetrust.cli import app, _register\n"
+        "_register()\n"
+        "try:\n"
+        f"    app(['scan', '--json', {str(media['face'])!r}, {str(media['video'])!r}, '--frames', '2',"
+        f" '--model', {str(tiny_model)!r}])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'detector.analyze' in sys.modules\n"
+        "sys.stderr.write('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.stderr.endswith("NO-TORCH"), proc.stderr
