@@ -38,19 +38,23 @@ def _log_config(level: str) -> dict[str, Any]:
 
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="address to bind [env FACETRUST_HOST; default 127.0.0.1]")
+        str | None, typer.Option(help="address to bind (env FACETRUST_HOST; default 127.0.0.1)")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port [env FACETRUST_PORT; default 8000]")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (env FACETRUST_PORT; default 8000)")] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="analysis worker processes = concurrent analyses [env FACETRUST_WORKERS]"),
+        typer.Option(help="analysis worker processes = concurrent analyses (env FACETRUST_WORKERS)"),
     ] = None,
     model: Annotated[
-        Path | None, typer.Option(help="ONNX classifier with a model card [env FACETRUST_MODEL]")
+        Path | None, typer.Option(help="ONNX classifier with a model card (env FACETRUST_MODEL)")
     ] = None,
-    log_level: Annotated[str | None, typer.Option(help="log level [env FACETRUST_LOG_LEVEL]")] = None,
+    log_level: Annotated[str | None, typer.Option(help="log level (env FACETRUST_LOG_LEVEL)")] = None,
 ) -> None:
-    """Serve the HTTP API (POST /v1/analyze, /v1/jobs, /healthz, /readyz, /metrics, /docs)."""
+    """Serve the HTTP API (POST /v1/analyze, /v1/jobs, /healthz, /readyz, /metrics, /docs).
+
+    Every other setting comes from FACETRUST_* environment variables (API keys, upload
+    size, queue, timeouts, memory limit, job TTL, temp dir): see serving/HTTP_API.md.
+    """
     from pydantic import ValidationError
 
     from detector.card import ModelCardError

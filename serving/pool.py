@@ -59,6 +59,8 @@ class _Worker:
     proc: Any
     conn: Any
     info: dict[str, Any] = field(default_factory=dict)
+    busy: bool = False
+    retired: bool = False
 
     def alive(self) -> bool:
         return self.proc.is_alive()
@@ -102,6 +104,7 @@ class WorkerPool:
         self._closing = False
         self._io = ThreadPoolExecutor(max_workers=2 * size + 2, thread_name_prefix="facetrust-pool")
         self._spawners: set[asyncio.Task[None]] = set()
+        self._watcher: asyncio.Task[None] | None = None
         self.last_error: str | None = None
         self.ever_ready = False
         self.avg_seconds = 1.0
@@ -111,6 +114,16 @@ class WorkerPool:
         """Start every slot's worker in the background (returns at once)."""
         for slot in range(self.size):
             self._respawn(slot, reason=None)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self, interval: float = 0.5) -> None:
+        """Replace idle workers that died on their own (e.g. killed from outside)."""
+        while not self._closing:
+            await asyncio.sleep(interval)
+            with self._lock:
+                dead = [w for w in self._live.values() if not w.busy and not w.alive()]
+            for worker in dead:
+                self._retire(worker, "died_idle")
 
     @property
     def ready_count(self) -> int:
@@ -121,6 +134,8 @@ class WorkerPool:
     async def close(self) -> None:
         """Stop every worker (politely, then by force) and the background spawners."""
         self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         for task in list(self._spawners):
             task.cancel()
         with self._lock:
@@ -211,11 +226,17 @@ class WorkerPool:
                 worker = await asyncio.wait_for(self._idle.get(), remaining)
             except asyncio.TimeoutError:
                 return None
+            if worker.retired:
+                continue  # already replaced by the watcher
             if worker.alive():
+                worker.busy = True
                 return worker
             self._retire(worker, "died_idle")
 
     def _retire(self, worker: _Worker, reason: str) -> None:
+        if worker.retired:
+            return
+        worker.retired = True
         worker.kill()
         with self._lock:
             if self._live.get(worker.slot) is worker:
@@ -224,6 +245,7 @@ class WorkerPool:
         self._respawn(worker.slot, reason)
 
     def _release(self, worker: _Worker, outcome: Outcome) -> None:
+        worker.busy = False
         if outcome.kind == "result" and worker.alive() and not self._closing:
             self._idle.put_nowait(worker)
         elif not self._closing:

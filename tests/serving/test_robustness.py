@@ -6,6 +6,9 @@ the real worker process: a segfault, a hang that ignores cancellation, a huge al
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import threading
 import time
 
@@ -84,3 +87,15 @@ def test_memory_limit_is_enforced_in_the_worker(tight: LiveServer, small_face_jp
     )
     assert after == restarts  # MemoryError is reported, the process survives
     assert tight.wait_no_leftovers() == []
+
+
+def test_idle_worker_killed_from_outside_is_replaced(tight: LiveServer, small_face_jpeg: bytes) -> None:
+    tight.wait_ready()
+    died = tight.metric('facetrust_worker_restarts_total{reason="died_idle"}')
+    pid = int(re.findall(r"worker \d+ ready \(pid (\d+)", tight.log())[-1])
+    os.kill(pid, signal.SIGKILL)
+    tight.wait_metric('facetrust_worker_restarts_total{reason="died_idle"}', died + 1)
+    tight.wait_ready()
+    assert int(re.findall(r"worker \d+ ready \(pid (\d+)", tight.log())[-1]) != pid
+    ok = analyze(tight, "a.jpg", small_face_jpeg)
+    assert ok.status_code == 200, ok.text
