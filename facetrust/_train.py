@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -102,7 +103,8 @@ def train(
         run = train_main(cfg, resume=resume, progress=progress)
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
-    typer.echo(str(run))
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from the main process
+        typer.echo(str(run))
 
 
 def export(

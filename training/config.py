@@ -87,6 +87,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; off on CPU) | bf16 | fp16 | off
     device: str = "auto"  # auto | cpu | cuda
     workers: int = 2
+    cpu_threads: int | None = None  # torch intra-op threads on CPU (default: torch's choice)
     sbi_prob: float = 0.4  # a real crop becomes its self-blended twin
     cross_blend_prob: float = 0.1  # a real crop gets another identity's face blended in
     blend_from_5_points: bool = True  # blend reals without 68 landmarks via a 5-point face outline
@@ -141,6 +142,8 @@ class TrainConfig:
                 raise ConfigError(f"augment.{f.name} must be a probability")
         if self.workers < 0:
             raise ConfigError("workers must be >= 0")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError("cpu_threads must be >= 1")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -288,6 +288,8 @@ def train_main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
 
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 
 from tests.training.corpus import make_corpus
 
@@ -28,6 +29,20 @@ def prepared_corpus(face_corpus: tuple[Path, Path], tmp_path_factory: pytest.Tem
     meta = prepare_main(card, root, out, frames=2, size=128, margin=2.0, workers=1, progress=False)
     assert meta["counts"]["crops"] >= 10
     return out
+
+
+def train_cli() -> typer.Typer:
+    """A typer app with only the training subcommands (prepare, train, export, evaluate)."""
+    from facetrust import _train
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Training commands under test."""
+
+    _train.register(app)
+    return app
 
 
 def tiny_config(prepared: Path, out: Path, **extra: object):

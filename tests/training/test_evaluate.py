@@ -7,22 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from facetrust import _train
+from tests.training.conftest import train_cli
 from training.evaluate import evaluate_main, plot_roc
-
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
-    _train.register(app)
-    return app
 
 
 def test_evaluate_test_split(trained_run: Path, face_corpus: tuple[Path, Path], tmp_path: Path) -> None:
@@ -60,19 +48,19 @@ def test_cli_evaluate_and_errors(trained_run: Path, face_corpus: tuple[Path, Pat
     card, root = face_corpus
     model = trained_run / "model.onnx"
     runner = CliRunner()
-    res = runner.invoke(_app(), ["evaluate", str(model), str(card), str(root), "--split", "val",
+    res = runner.invoke(train_cli(), ["evaluate", str(model), str(card), str(root), "--split", "val",
                                  "--limit", "4", "--frames", "2", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["counts"]["items"] <= 4 and summary["dataset"]["split"] == "val"
     assert (tmp_path / "r" / "roc.png").is_file()
-    res = runner.invoke(_app(), ["evaluate", str(model), str(card), str(root), "--split", "nope"])
+    res = runner.invoke(train_cli(), ["evaluate", str(model), str(card), str(root), "--split", "nope"])
     assert res.exit_code == 2 and "--split" in res.output
-    res = runner.invoke(_app(), ["evaluate", str(tmp_path / "missing.onnx"), str(card), str(root)])
+    res = runner.invoke(train_cli(), ["evaluate", str(tmp_path / "missing.onnx"), str(card), str(root)])
     assert res.exit_code == 2 and "model file not found" in res.output
-    res = runner.invoke(_app(), ["evaluate", str(model), "no_such_card", str(root)])
+    res = runner.invoke(train_cli(), ["evaluate", str(model), "no_such_card", str(root)])
     assert res.exit_code == 2 and "unknown dataset card" in res.output
-    res = runner.invoke(_app(), ["evaluate", str(model), str(card), str(tmp_path / "nowhere")])
+    res = runner.invoke(train_cli(), ["evaluate", str(model), str(card), str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "not a directory" in res.output
 
 

@@ -8,23 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
-from facetrust import _train
+from tests.training.conftest import train_cli
 from training.train import TrainError
-
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
-    _train.register(app)
-    return app
 
 
 def test_cli_export_with_int8(trained_run: Path, tmp_path: Path) -> None:
@@ -32,7 +20,7 @@ def test_cli_export_with_int8(trained_run: Path, tmp_path: Path) -> None:
     from detector.classifier import Classifier
 
     out = tmp_path / "m" / "model.onnx"
-    res = CliRunner().invoke(_app(), ["export", str(trained_run), "--out", str(out), "--int8",
+    res = CliRunner().invoke(train_cli(), ["export", str(trained_run), "--out", str(out), "--int8",
                                       "--calibration", "temperature"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
@@ -100,7 +88,8 @@ def test_int8_quantisation_keeps_card_and_ranks_like_fp32(prepared_corpus: Path,
 def test_export_errors_are_clear(trained_run: Path, tmp_path: Path) -> None:
     from training.release import export_run
 
-    res = CliRunner().invoke(_app(), ["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.onnx")])
+    res = CliRunner().invoke(train_cli(), ["export", str(tmp_path / "nothing"),
+                                           "--out", str(tmp_path / "m.onnx")])
     assert res.exit_code == 2 and "neither a run folder nor a checkpoint" in res.output
     # a validation set without fakes cannot calibrate: say so, write no model
     run = tmp_path / "nofakes"
@@ -111,5 +100,5 @@ def test_export_errors_are_clear(trained_run: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainError, match="calibration needs both"):
         export_run(run, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
-    res = CliRunner().invoke(_app(), ["export", str(run), "--out", str(tmp_path / "x.onnx")])
+    res = CliRunner().invoke(train_cli(), ["export", str(run), "--out", str(tmp_path / "x.onnx")])
     assert res.exit_code == 2 and "calibration needs both" in res.output

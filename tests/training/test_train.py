@@ -107,18 +107,11 @@ def test_samples_are_reproducible_per_seed_epoch_slot(prepared_corpus: Path, tmp
 
 def test_cli_train_with_overrides_and_errors(prepared_corpus: Path, tmp_path: Path,
                                              torch_one_thread: None) -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from facetrust import _train
+    from tests.training.conftest import train_cli
 
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
-    _train.register(app)
+    app = train_cli()
     cfg = tiny_config(prepared_corpus, tmp_path / "cli_run")
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
