@@ -213,6 +213,10 @@ def sampling_weights(records: Sequence[Rec], idx: Sequence[int], cfg: TrainConfi
     if not fake.any():
         return w
     s_bar = float(sum(w[k] * synthetic_prob(records[i], cfg) for k, i in enumerate(idx) if real[k]))
+    if s_bar >= 0.5:
+        log.warning("blends alone make %.0f%% of the real samples fake: with labelled fakes more than half "
+                    "of each batch is fake; lower sbi_prob + cross_blend_prob (e.g. 0.3) to balance",
+                    100 * s_bar)
     m = 0.5 / (1.0 - s_bar) if s_bar < 0.5 else 0.5
     w[real] *= m
     w[fake] *= 1.0 - m

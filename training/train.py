@@ -23,6 +23,7 @@ import math
 import os
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,7 +374,10 @@ def train_main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            with warnings.catch_warnings():
+                # fp16: the scaler skips the optimizer step on overflow; the schedule still advances
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                scheduler.step()
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise TrainError(f"loss became {loss_value} at epoch {epoch + 1} step {step + 1}")
