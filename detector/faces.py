@@ -15,7 +15,9 @@ original pixels. ``min_face_size`` is in original pixels; after a downscale by `
 starts at faces of ``max(12, min_face_size * s)`` detection pixels, so the smallest face that can
 be found is ``max(min_face_size, 12 / s)`` original pixels.
 
-The ONNX files are exported by ``python -m training.export_mtcnn``. No torch at run time.
+The ONNX files are exported by ``python -m training.export_mtcnn`` (they take raw 0..255 pixel
+values: facenet-pytorch's input normalisation is folded into their first convolution). No torch
+at run time.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ DEFAULT_MAX_SIDE = 1024
 
 #: P-Net looks at 12x12 windows: the smallest face (detection pixels) the pyramid can start at.
 PNET_CELL = 12
-_NORM_MEAN, _NORM_SCALE = 127.5, 0.0078125
 #: Bound on the pixels per P-Net call (batch x height x width); conv1 keeps 64 bytes per pixel.
 _PNET_PIXELS_PER_CALL = 2_000_000
 #: Bound on the crops per R-Net / O-Net call.
@@ -77,7 +78,8 @@ def nms(
     over the smaller area with the ``+1`` pixel convention of the original MTCNN code. ``groups``
     (``[N]`` ints, e.g. image indices) keeps boxes of different groups from suppressing each other.
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    dtype = np.float32 if np.asarray(boxes).dtype == np.float32 else np.float64  # float32 as facenet
+    boxes = np.asarray(boxes, dtype=dtype).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(boxes) != len(scores):
         raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
@@ -101,24 +103,50 @@ _NMS_BLOCK = 1024
 
 def _overlap(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
     """``[len(a), len(b)]`` IoU (``"iou"``) or intersection over the smaller box (``"min"``, +1)."""
-    one = 1.0 if method == "min" else 0.0
-    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + one
-    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + one
-    inter = np.maximum(w, 0.0) * np.maximum(h, 0.0)
-    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
-    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
+    inter, area_a, area_b = _intersection(a, b, method)
     with np.errstate(divide="ignore", invalid="ignore"):
         if method == "min":
             return inter / np.minimum(area_a[:, None], area_b[None, :])
         return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
+def _intersection(a: np.ndarray, b: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    one = a.dtype.type(1.0 if method == "min" else 0.0)
+    w = np.minimum(a[:, None, 2], b[None, :, 2])
+    w -= np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3])
+    h -= np.maximum(a[:, None, 1], b[None, :, 1])
+    if one:
+        w += one
+        h += one
+    np.maximum(w, 0, out=w)
+    np.maximum(h, 0, out=h)
+    w *= h
+    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
+    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
+    return w, area_a, area_b
+
+
+def _suppresses(a: np.ndarray, b: np.ndarray, threshold: float, method: str) -> np.ndarray:
+    """``[len(a), len(b)]``: would a kept box of ``a`` drop the box of ``b``?
+
+    ``"iou"``: IoU above the threshold (torchvision; a 0/0 IoU drops nothing). ``"min"``: not
+    ``overlap <= threshold`` (facenet-pytorch's nms_numpy; a 0/0 overlap drops).
+    """
+    if method == "min":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return ~(_overlap(a, b, method) <= threshold)
+    inter, area_a, area_b = _intersection(a, b, method)
+    union = area_a[:, None] + area_b[None, :]
+    union -= inter
+    union *= union.dtype.type(threshold)
+    return inter > union  # inter / union > t, without the division
+
+
 def _nms_one(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str) -> np.ndarray:
     # "iou" visits boxes as torchvision does (descending score, ties in input order); "min" as
     # facenet-pytorch's nms_numpy (last of numpy's ascending argsort first), so that boxes with
-    # equal scores (same clipped crop) resolve the same way. A box is dropped when its overlap
-    # with a kept earlier box is above the threshold ("iou"; NaN keeps) or not at most the
-    # threshold ("min"; NaN drops), as in each original.
+    # equal scores (same clipped crop) resolve the same way.
     order = np.argsort(-scores, kind="stable") if method == "iou" else np.argsort(scores)[::-1]
     b = boxes[order]
     n = len(b)
@@ -132,10 +160,8 @@ def _nms_one(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: st
         dropped = np.zeros(stop - start, dtype=bool)
         prev = b[:start][kept[:start]]
         if len(prev):
-            o = _overlap(prev, blk, method)
-            dropped |= (o > threshold if method == "iou" else ~(o <= threshold)).any(axis=0)
-        o = _overlap(blk, blk, method)
-        over = np.triu(o > threshold if method == "iou" else ~(o <= threshold), k=1)
+            dropped |= _suppresses(prev, blk, threshold, method).any(axis=0)
+        over = np.triu(_suppresses(blk, blk, threshold, method), k=1)
         for i in np.flatnonzero(over.any(axis=1)):
             if not dropped[i]:
                 dropped |= over[i]
@@ -186,11 +212,8 @@ def _integral(image: np.ndarray) -> np.ndarray:
     return out
 
 
-_OFFSET = np.float32(_NORM_MEAN * _NORM_SCALE)
-
-
 def _pyramid_level(image: np.ndarray, integral: np.ndarray, out: np.ndarray) -> None:
-    """Write ``interpolate(image, out.shape[1:], mode="area")``, normalised, into ``out``.
+    """Write ``interpolate(image, out.shape[1:], mode="area")`` (planar float32) into ``out``.
 
     Exactly facenet-pytorch's pyramid resampling. Growing by one pixel (the pyramid's first level
     at scale 1) averages each 2x2 neighbourhood of the edge-replicated image; otherwise sums come
@@ -199,12 +222,9 @@ def _pyramid_level(image: np.ndarray, integral: np.ndarray, out: np.ndarray) -> 
     h, w = image.shape[:2]
     out_h, out_w = out.shape[1:]
     if (out_h, out_w) == (h + 1, w + 1):
-        padded = cv2.copyMakeBorder(image, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
-        sums = cv2.boxFilter(padded, cv2.CV_32F, (2, 2), anchor=(0, 0), normalize=False)
-        for c, plane in enumerate(cv2.split(sums)):
-            out[c] = plane[:out_h, :out_w]
-        out *= np.float32(_NORM_SCALE / 4)
-        out -= _OFFSET
+        for c, plane in enumerate(cv2.split(image)):
+            padded = cv2.copyMakeBorder(plane, 1, 0, 1, 0, cv2.BORDER_REPLICATE)
+            cv2.boxFilter(padded, cv2.CV_32F, (2, 2), out[c], (0, 0), True, cv2.BORDER_REPLICATE)
         return
     (r0, r1), (c0, c1) = _area_bins([0], [h], out_h), _area_bins([0], [w], out_w)
     r0, r1, c0, c1 = r0[0], r1[0], c0[0], c1[0]
@@ -212,13 +232,12 @@ def _pyramid_level(image: np.ndarray, integral: np.ndarray, out: np.ndarray) -> 
     rows -= np.take(integral, r0, axis=1)
     sums = np.take(rows, c1, axis=2)
     sums -= np.take(rows, c0, axis=2)
-    inv = np.float32(_NORM_SCALE) / ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)
-    np.multiply(sums, inv, out=out, casting="unsafe")
-    out -= _OFFSET
+    inv = 1.0 / ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float32)
+    np.multiply(sums, inv, out=out, dtype=np.float32, casting="unsafe")
 
 
 def _crops(integral: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised ``[N, 3, size, size]`` crops of ``boxes`` and the mask of boxes that had one.
+    """``[N, 3, size, size]`` float32 crops of ``boxes`` and the mask of boxes that had one.
 
     As facenet-pytorch's ``pad``: coordinates truncate toward zero, the box is clipped to the
     image and the clipped region (not a padded square) is area-resized to ``size``.
@@ -234,14 +253,14 @@ def _crops(integral: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarr
     x, y, ex, ey = x[ok], y[ok], ex[ok], ey[ok]
     r0, r1 = _area_bins(y, ey - y, size)
     c0, c1 = _area_bins(x, ex - x, size)
-    inv = np.float32(_NORM_SCALE) / ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]).astype(np.float32)
+    inv = 1.0 / ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]).astype(np.float32)
     r0, r1 = (r0 * (w + 1))[:, :, None], (r1 * (w + 1))[:, :, None]
     c0, c1 = c0[:, None, :], c1[:, None, :]
     i11, i01, i10, i00 = r1 + c1, r0 + c1, r1 + c0, r0 + c0
     out = np.empty((len(x), 3, size, size), dtype=np.float32)
     for c, flat in enumerate(integral.reshape(3, -1)):
-        np.multiply((flat[i11] - flat[i01]) - (flat[i10] - flat[i00]), inv, out=out[:, c], casting="unsafe")
-    out -= _OFFSET
+        sums = (flat[i11] - flat[i01]) - (flat[i10] - flat[i00])
+        np.multiply(sums, inv, out=out[:, c], dtype=np.float32, casting="unsafe")
     return out, ok
 
 

@@ -13,7 +13,8 @@ Outputs (names are what ``detector/faces.py`` reads):
 * ``mtcnn_rnet.onnx``: ``input [N,3,24,24]`` -> ``reg [N,4]``, ``prob [N,2]``
 * ``mtcnn_onet.onnx``: ``input [N,3,48,48]`` -> ``reg [N,4]``, ``landmarks [N,10]``, ``prob [N,2]``
 
-Inputs are RGB normalised as ``(x - 127.5) * 0.0078125``.
+Inputs are raw RGB pixel values (0..255, float32): facenet-pytorch's normalisation
+``(x - 127.5) * 0.0078125`` is folded into the first convolution (no padding there, so exactly).
 
 Each net is exported in an equivalent but faster form (:class:`FastPNet`, :class:`FastRNet`,
 :class:`FastONet`: the same function up to float rounding, checked against the original):
@@ -50,6 +51,16 @@ def _conv(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Conv2d:
     conv = torch.nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]))
     conv.weight.data, conv.bias.data = weight.clone(), bias.clone()
     return conv
+
+
+NORM_MEAN, NORM_SCALE = 127.5, 0.0078125
+
+
+def _raw_input(conv: torch.nn.Conv2d) -> torch.nn.Conv2d:
+    """``conv`` applied to raw pixels ``x`` instead of ``(x - 127.5) * 0.0078125`` (exact for an
+    unpadded convolution; the scale is a power of two)."""
+    w, b = conv.weight.detach(), conv.bias.detach()
+    return _conv(w * NORM_SCALE, b - NORM_MEAN * NORM_SCALE * w.sum(dim=(1, 2, 3)))
 
 
 def _in_order(conv: torch.nn.Conv2d, order: torch.Tensor) -> torch.nn.Conv2d:
@@ -116,6 +127,7 @@ class FastPNet(torch.nn.Module):
     def __init__(self, pnet: torch.nn.Module) -> None:
         super().__init__()
         self.block1 = PooledPReLU(pnet.conv1, pnet.prelu1, pnet.pool1)
+        self.block1.conv = _raw_input(self.block1.conv)
         self.conv2 = _in_order(pnet.conv2, self.block1.order)
         self.prelu2, self.conv3, self.prelu3 = pnet.prelu2, pnet.conv3, pnet.prelu3
         self.conv4_2 = pnet.conv4_2
@@ -133,6 +145,7 @@ class FastRNet(torch.nn.Module):
     def __init__(self, rnet: torch.nn.Module) -> None:
         super().__init__()
         self.block1 = PooledPReLU(rnet.conv1, rnet.prelu1, rnet.pool1)
+        self.block1.conv = _raw_input(self.block1.conv)
         self.block2 = PooledPReLU(_in_order(rnet.conv2, self.block1.order), rnet.prelu2, rnet.pool2)
         self.conv3 = _in_order(rnet.conv3, self.block2.order)
         self.prelu3 = rnet.prelu3
@@ -152,6 +165,7 @@ class FastONet(torch.nn.Module):
     def __init__(self, onet: torch.nn.Module) -> None:
         super().__init__()
         self.block1 = PooledPReLU(onet.conv1, onet.prelu1, onet.pool1)
+        self.block1.conv = _raw_input(self.block1.conv)
         self.block2 = PooledPReLU(_in_order(onet.conv2, self.block1.order), onet.prelu2, onet.pool2)
         self.block3 = PooledPReLU(_in_order(onet.conv3, self.block2.order), onet.prelu3, onet.pool3)
         self.conv4 = _in_order(onet.conv4, self.block3.order)
@@ -170,9 +184,10 @@ FAST = {"pnet": FastPNet, "rnet": FastRNet, "onet": FastONet}
 
 
 def _reference(net: torch.nn.Module, name: str, x: np.ndarray) -> list[np.ndarray]:
-    """The original net's outputs in the exported contract (P-Net: face probability only)."""
+    """The original net's outputs for raw pixels ``x`` in the exported contract (P-Net: face
+    probability only)."""
     with torch.no_grad():
-        out = [t.numpy() for t in net(torch.from_numpy(x))]
+        out = [t.numpy() for t in net((torch.from_numpy(x) - NORM_MEAN) * NORM_SCALE)]
     if name == "pnet":
         out[1] = out[1][:, 1:2]
     return out
@@ -189,12 +204,12 @@ def load_nets() -> dict[str, torch.nn.Module]:
 
 
 def _check_inputs(side: int | None, rng: np.random.Generator) -> list[np.ndarray]:
-    """Random normalised inputs covering several batch sizes (and, for P-Net, shapes)."""
+    """Random raw-pixel inputs covering several batch sizes (and, for P-Net, shapes)."""
     if side is None:
         shapes = [(1, 3, 12, 12), (2, 3, 37, 53), (3, 3, 120, 90), (1, 3, 217, 385)]
     else:
         shapes = [(1, 3, side, side), (7, 3, side, side), (64, 3, side, side)]
-    return [rng.uniform(-1.0, 1.0, s).astype(np.float32) for s in shapes]
+    return [rng.uniform(0.0, 255.0, s).astype(np.float32) for s in shapes]
 
 
 def export_net(net: torch.nn.Module, name: str, out_dir: Path, *, atol: float = ATOL) -> float:
@@ -231,7 +246,7 @@ def export_net(net: torch.nn.Module, name: str, out_dir: Path, *, atol: float = 
         )
     model = onnx.load(str(path))
     model.producer_name = "facetrust"
-    model.doc_string = f"MTCNN {name} from facenet-pytorch 2.6.0 (MIT); input (x-127.5)/128 RGB"
+    model.doc_string = f"MTCNN {name} from facenet-pytorch 2.6.0 (MIT); input raw RGB 0..255"
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
