@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +131,13 @@ def export_run(path: str | Path, out: str | Path, *, int8: bool = False, calibra
     data = load_data(cfg)
     mean, std = normalisation(cfg.model, cfg.pretrained)
     val_ds = FaceDataset(data.sources, cfg, mean, std, train=False, items=data.val_items)
-    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    workers = min(cfg.workers, os.cpu_count() or 1)
+    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=workers)
     val = predict(model, val_dl, dev)
     hold = None
     if data.holdout_items:
         hold_ds = FaceDataset(data.sources, cfg, mean, std, train=False, items=data.holdout_items)
-        hold = predict(model, DataLoader(hold_ds, batch_size=cfg.batch_size, num_workers=cfg.workers), dev)
+        hold = predict(model, DataLoader(hold_ds, batch_size=cfg.batch_size, num_workers=workers), dev)
     y, z = val["labels"], val["logits"]
     if y.size == 0 or y.min() == y.max():
         raise TrainError(
