@@ -119,7 +119,24 @@ def _print_table(results: list[Any], strict: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Register `facetrust scan` on the `facetrust` app."""
+    """Register `facetrust scan` and `facetrust card` on the `facetrust` app."""
+
+    @app.command("card")
+    def card(
+        model: Annotated[
+            Path | None, typer.Argument(help="ONNX model (default: the shipped default model)")
+        ] = None,
+    ) -> None:
+        """Print the model card embedded in an ONNX model as JSON."""
+        from detector.card import ModelCardError, read_card
+        from detector.classifier import default_model_path
+
+        path = model or default_model_path()
+        try:
+            typer.echo(json.dumps(read_card(str(path)).to_dict(), indent=2, sort_keys=True))
+        except ModelCardError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
 
     @app.command("scan")
     def scan(
