@@ -37,8 +37,8 @@ PNET_FILE, RNET_FILE, ONET_FILE = "mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_o
 #: Longer side (pixels) above which frames are downscaled before detection. 960 halves a 1080p
 #: frame exactly (a quarter for 4K): faces from 24 px (original pixels) up can still be found.
 #: On facenet_street.mp4 (1080p, 32 frames) full resolution found 184 faces; 1280 missed 11,
-#: 960 missed 22 (16 of them at most 36 px tall), 640 missed 28, and 960 ran about 2.5x faster
-#: than full resolution (see benchmarks/bench_faces.py).
+#: 960 missed 22 (16 of them at most 36 px tall), 640 missed 28; 960 took about 0.7x the CPU
+#: time of full resolution and 640 about 0.4x (see benchmarks/bench_faces.py).
 DEFAULT_MAX_SIDE = 960
 
 #: P-Net looks at 12x12 windows: the smallest face (detection pixels) the pyramid can start at.
@@ -344,6 +344,9 @@ class FaceDetector:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        # Idle ORT threads would spin between calls, burning a core the numpy steps, the video
+        # decoder and the classifier need: measured about a third more CPU per frame for no gain.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
         def session(name: str) -> ort.InferenceSession:
             path = MODELS_DIR / name
