@@ -90,6 +90,9 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override: key=value (YAML value), "
                                                    "dotted keys for sections, repeatable")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in the config's out folder")] = False,
+    pretrained_file: Annotated[Path | None, typer.Option(
+        "--pretrained-file", help="initialise from these local weights (.safetensors or torch state "
+        "dict; by name, else in order) instead of the config's `pretrained`")] = None,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -99,7 +102,12 @@ def train(
         from training.config import load_config
         from training.train import train_main
 
-        cfg = load_config(config, set_)
+        overrides = list(set_ or [])
+        if pretrained_file is not None:
+            if not pretrained_file.is_file():
+                raise _fail(f"--pretrained-file {pretrained_file}: no such file")
+            overrides.append(f"pretrained={json.dumps(str(pretrained_file))}")
+        cfg = load_config(config, overrides)
         run = train_main(cfg, resume=resume, progress=progress)
     except _known_errors() as exc:
         raise _fail(str(exc)) from None

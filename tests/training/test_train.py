@@ -194,3 +194,27 @@ def test_copy_of_run_exports_from_checkpoint_path(trained_run: Path, tmp_path: P
     (run / "config.yaml").unlink()
     with pytest.raises(TrainError, match="config.yaml"):
         resolve_run(run)
+
+
+def test_cli_train_pretrained_file(prepared_corpus: Path, tmp_path: Path, torch_one_thread: None) -> None:
+    """`--pretrained-file` initialises from local weights and is recorded in the run's config."""
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from tests.training.conftest import train_cli
+    from training.models import create_backbone
+
+    weights = tmp_path / "lite0.safetensors"
+    net = create_backbone("tf_efficientnet_lite0", 1, "imagenet-package")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.startswith("classifier")},
+              str(weights))
+    cfg = tiny_config(prepared_corpus, tmp_path / "pre_run")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    runner = CliRunner()
+    res = runner.invoke(app := train_cli(), ["train", str(path), "--pretrained-file", str(weights),
+                                             "--set", "export=false", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((tmp_path / "pre_run" / "config.yaml").read_text())["pretrained"] == str(weights)
+    res = runner.invoke(app, ["train", str(path), "--pretrained-file", str(tmp_path / "none.pth")])
+    assert res.exit_code == 2 and "no such file" in res.output
