@@ -50,7 +50,7 @@ class Calibration:
         if self.method == "isotonic":
             if len(self.xs) < 2 or len(self.xs) != len(self.ys):
                 raise ModelCardError("isotonic calibration needs >= 2 matching xs/ys points")
-            if any(b < a for a, b in zip(self.xs, self.xs[1:])):
+            if any(b < a for a, b in zip(self.xs, self.xs[1:], strict=False)):
                 raise ModelCardError("isotonic calibration xs must be non-decreasing")
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:

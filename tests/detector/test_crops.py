@@ -1,0 +1,67 @@
+"""THE crop: geometry, padding, point mapping, normalisation (hypothesis where it fits)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.crops import crop_face, crop_window, square_box, to_crop_coords, to_model_input
+
+boxes = st.tuples(
+    st.floats(-200, 800), st.floats(-200, 800), st.floats(4, 400), st.floats(4, 400)
+).map(lambda t: (t[0], t[1], t[0] + t[2], t[1] + t[3]))
+
+
+@given(boxes, st.floats(1.0, 3.0))
+def test_square_box_is_centred_square_of_margin_times_longer_side(box, margin) -> None:
+    x0, y0, x1, y1 = square_box(box, margin)
+    assert x1 - x0 == pytest.approx(y1 - y0)
+    assert x1 - x0 == pytest.approx(max(box[2] - box[0], box[3] - box[1]) * margin)
+    assert (x0 + x1) / 2 == pytest.approx((box[0] + box[2]) / 2)
+    assert (y0 + y1) / 2 == pytest.approx((box[1] + box[3]) / 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(boxes, st.floats(1.0, 2.5), st.sampled_from([16, 64, 160]))
+def test_crop_shape_and_padding_anywhere(box, margin, size) -> None:
+    image = np.full((300, 400, 3), 200, np.uint8)
+    crop = crop_face(image, box, margin, size)
+    assert crop.shape == (size, size, 3) and crop.dtype == np.uint8
+    x0, y0, side = crop_window(box, margin)
+    inside = x0 >= 0 and y0 >= 0 and x0 + side <= 400 and y0 + side <= 300
+    if inside:
+        assert (crop == 200).all()  # no padding when the square lies inside the image
+    if x0 + side <= 0 or y0 + side <= 0 or x0 >= 400 or y0 >= 300:
+        assert (crop == 0).all()  # entirely outside: black, never garbage
+
+
+def test_padding_is_black_on_the_outside_side() -> None:
+    image = np.full((100, 100, 3), 255, np.uint8)
+    crop = crop_face(image, (0, 40, 20, 60), 2.0, 40)  # square x in [-10, 30): left quarter outside
+    assert (crop[:, :8] == 0).all() and (crop[:, 12:] == 255).all()
+
+
+def test_points_map_into_the_crop() -> None:
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[200:204, 300:304] = 255  # a bright dot at (301.5, 201.5)
+    box = (250, 150, 350, 270)
+    crop = crop_face(image, box, 1.3, 160)
+    (px, py), = to_crop_coords([[301.5, 201.5]], box, 1.3, 160)
+    yy, xx = np.nonzero(crop[..., 0] > 64)
+    assert abs(xx.mean() - px) < 1.0 and abs(yy.mean() - py) < 1.0
+
+
+def test_degenerate_box_and_bad_image_are_refused() -> None:
+    with pytest.raises(ValueError):
+        square_box((10, 10, 10, 30), 1.3)
+    with pytest.raises(ValueError):
+        crop_face(np.zeros((10, 10), np.uint8), (1, 1, 5, 5), 1.3, 16)
+
+
+def test_model_input_normalises_to_nchw() -> None:
+    crops = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 255)])
+    x = to_model_input(crops, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert x.shape == (2, 3, 4, 4) and x.dtype == np.float32
+    assert np.allclose(x[0], -1.0) and np.allclose(x[1], 1.0)
