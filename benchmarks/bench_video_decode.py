@@ -20,7 +20,10 @@ from pathlib import Path
 import av
 
 from detector.video import Sampling, iter_sampled_frames, sample_indices
-from tests.conftest import SHARED_DATA
+
+SHARED_DATA = Path(
+    os.environ.get("FACETRUST_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 
 def naive(path: Path, sampling: Sampling) -> int:
