@@ -153,10 +153,7 @@ class Analyzer:
         timer = _Timer()
         base = self._base(str(path))
         try:
-            if not path.is_file():
-                raise MediaError(Status.unreadable, f"not a readable file: {path}")
-            base.size_bytes = self._check_size(path.stat().st_size)
-            base.sha256 = sha256_file(path)
+            self._read_file_facts(path, base)
             with open(path, "rb") as fh:
                 head = fh.read(SNIFF_BYTES)
             base.media_type = _media_kind(head, path.read_bytes)
@@ -179,9 +176,7 @@ class Analyzer:
     ) -> AnalysisResult:
         """Analyse an in-memory file; videos go through a temporary file, always removed."""
         timer = _Timer()
-        base = self._base(name)
-        base.size_bytes = len(data)
-        base.sha256 = hashlib.sha256(data).hexdigest()
+        base = self._bytes_base(data, name)
         try:
             self._check_size(len(data))
             base.media_type = _media_kind(data[:SNIFF_BYTES], lambda: data)
@@ -200,9 +195,7 @@ class Analyzer:
     def analyze_image(self, data: bytes, name: str) -> AnalysisResult:
         """Analyse an encoded still image (JPEG, PNG, ... as allowed by :func:`sniff`)."""
         timer = _Timer()
-        base = self._base(name)
-        base.size_bytes = len(data)
-        base.sha256 = hashlib.sha256(data).hexdigest()
+        base = self._bytes_base(data, name)
         try:
             if _media_kind(data[:SNIFF_BYTES], lambda: data) != "image":
                 raise MediaError(Status.unsupported, "this is a video, not a still image")
@@ -224,10 +217,7 @@ class Analyzer:
         timer = _Timer()
         base = self._base(name or str(path))
         try:
-            if not path.is_file():
-                raise MediaError(Status.unreadable, f"not a readable file: {path}")
-            base.size_bytes = self._check_size(path.stat().st_size)
-            base.sha256 = sha256_file(path)
+            self._read_file_facts(path, base)
             base.media_type = "video"
             return self._video(path, base.path, base, timer, sampling, progress, cancel)
         except Exception as exc:  # noqa: BLE001
@@ -243,6 +233,20 @@ class Analyzer:
 
     def _base(self, name: str) -> AnalysisResult:
         return AnalysisResult(path=name, status=Status.error, model=self.model_info)
+
+    def _bytes_base(self, data: bytes, name: str) -> AnalysisResult:
+        """A result skeleton for in-memory bytes: size and SHA-256 filled in."""
+        base = self._base(name)
+        base.size_bytes = len(data)
+        base.sha256 = hashlib.sha256(data).hexdigest()
+        return base
+
+    def _read_file_facts(self, path: Path, base: AnalysisResult) -> None:
+        """Fill ``base``'s size and SHA-256 from the file; ``MediaError`` if unreadable or too big."""
+        if not path.is_file():
+            raise MediaError(Status.unreadable, f"not a readable file: {path}")
+        base.size_bytes = self._check_size(path.stat().st_size)
+        base.sha256 = sha256_file(path)
 
     def _failed(self, base: AnalysisResult, exc: BaseException, timer: _Timer) -> AnalysisResult:
         if isinstance(exc, MediaError):
