@@ -89,6 +89,8 @@ def training_data_summary(cfg: TrainConfig, data: Data) -> str:
         mine = [r for r in recs if r.source == i]
         meta = data.sources.meta()[i]
         card = meta.get("card") or meta.get("dataset") or Path(d.path).name
+        if isinstance(card, dict):  # prepare stores the dataset card's summary: name it, no local path
+            card = card.get("name") or card.get("title") or Path(d.path).name
         methods = sorted({r.method for r in mine})
         n_real = sum(r.label == 0 for r in mine)
         parts.append(f"{card} ({n_real} real / {len(mine) - n_real} fake "
