@@ -134,7 +134,8 @@ def test_fps_indices(n: int, fps: float, rate: float) -> None:
     else:
         # the k-th index is the frame nearest k / rate seconds
         assert all(abs(i - k * step) <= 0.5 + 1e-6 for k, i in enumerate(idx))
-        assert len(idx) == len([k for k in range(n + 1) if k * step < n - 0.5 + 1e-9])
+        # every k whose nearest frame (rounding half up, as documented) exists is sampled
+        assert len(idx) == len([k for k in range(n + 1) if math.floor(k * step + 0.5) < n])
 
 
 def test_fps_and_all_indices() -> None:
