@@ -2,8 +2,8 @@
 
 The card is a frozen dataclass serialised as JSON into the ONNX file's
 ``metadata_props`` under :data:`CARD_METADATA_KEY`. ``detector/`` reads the
-crop margin, input size, normalisation, calibration and thresholds from here
-and nowhere else; a model without a valid card is refused.
+crop margin, input size, smallest scored face, normalisation, calibration and
+thresholds from here and nowhere else; a model without a valid card is refused.
 """
 
 from __future__ import annotations
@@ -83,6 +83,10 @@ class ModelCard:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     crop_margin: float = 1.3
+    #: Smallest face side (original pixels) the model scores: the smallest face it was trained on.
+    #: The analyzer's face detector does not look for smaller faces. 20 (MTCNN's own default) for
+    #: cards written before the field existed.
+    min_face_size: int = 20
     input_name: str = "input"
     output_name: str = "logit"
     heads_output_name: str = "head_logits"
@@ -107,6 +111,10 @@ class ModelCard:
             raise ModelCardError("mean and std must be 3 values, std > 0")
         if not (1.0 <= self.crop_margin <= 3.0):
             raise ModelCardError(f"crop_margin {self.crop_margin} out of range 1.0..3.0")
+        if isinstance(self.min_face_size, bool) or not isinstance(self.min_face_size, int) or not (
+            1 <= self.min_face_size <= 4096
+        ):
+            raise ModelCardError(f"min_face_size {self.min_face_size!r} must be an integer in 1..4096 pixels")
         for t in (self.threshold_balanced, self.threshold_strict):
             if not (0.0 <= t <= 1.0) or math.isnan(t):
                 raise ModelCardError("thresholds are calibrated probabilities in [0, 1]")

@@ -28,7 +28,9 @@ def astronaut() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut())
 
 
-def make_tiny_model(path: Path, *, input_size: int = 64, seed: int = 0, version: str = "0.0.1") -> Path:
+def make_tiny_model(
+    path: Path, *, input_size: int = 64, seed: int = 0, version: str = "0.0.1", min_face_size: int = 20
+) -> Path:
     """Export a small random CNN with a valid model card to ``path`` (a real ONNX model)."""
     import torch
 
@@ -53,6 +55,7 @@ def make_tiny_model(path: Path, *, input_size: int = 64, seed: int = 0, version:
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         crop_margin=1.3,
+        min_face_size=min_face_size,
         calibration=Calibration("temperature", temperature=0.05),
         threshold_balanced=0.5,
         threshold_strict=0.9,

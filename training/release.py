@@ -106,6 +106,20 @@ def training_data_summary(cfg: TrainConfig, data: Data) -> str:
     return text
 
 
+def smallest_training_face(data: Data) -> int:
+    """The smallest face side (pixels) ``facetrust prepare`` let into any training source.
+
+    The minimum over the sources' ``settings.min_face``; 20 (the detector's historical default)
+    when a source does not record one. Goes into the card as ``min_face_size``: serving does not
+    score faces smaller than the model has seen.
+    """
+    sizes = []
+    for meta in data.sources.meta():
+        value = (meta.get("settings") or {}).get("min_face")
+        sizes.append(int(value) if isinstance(value, int | float) and value >= 1 else 20)
+    return min(sizes, default=20)
+
+
 def _short(m: dict[str, Any]) -> dict[str, Any]:
     keys = ("auc", "ap", "eer", "tpr_at_1pct_fpr", "n_real", "n_fake")
     return {k: m.get(k) for k in keys}
@@ -169,6 +183,7 @@ def export_run(path: str | Path, out: str | Path, *, int8: bool = False, calibra
         mean=tuple(mean),
         std=tuple(std),
         crop_margin=cfg.crop_margin,
+        min_face_size=smallest_training_face(data),
         calibration=cal.calibration,
         threshold_balanced=cal.threshold_balanced,
         threshold_strict=cal.threshold_strict,
@@ -217,7 +232,8 @@ def _try_int8(out: Path, card: ModelCard, cfg: TrainConfig, data: Data, val_dl: 
     auc_int8 = binary_metrics(y, _onnx_logits(q_path, card, val_dl))["auc"]
     keep = auc_fp32 is not None and auc_int8 is not None and auc_fp32 - auc_int8 <= INT8_MAX_AUC_DROP
     info = {"auc_fp32": auc_fp32, "auc_int8": auc_int8, "max_drop": INT8_MAX_AUC_DROP, "kept": bool(keep),
-            "calibration_crops": int(len(calib)), "path": str(q_path) if keep else None}
+            # the file's name, next to the FP32 model: a path would name the exporting machine's folders
+            "calibration_crops": int(len(calib)), "file": q_path.name if keep else None}
     new_card = ModelCard.from_dict({**card.to_dict(), "metrics": {**card.metrics, "int8": info}})
     embed_card(out, new_card)
     if keep:

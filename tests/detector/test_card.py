@@ -25,11 +25,20 @@ def test_json_round_trip_is_exact() -> None:
 
 @pytest.mark.parametrize("bad", [
     {"input_size": 8}, {"crop_margin": 0.5}, {"std": (0.5, 0.0, 0.5)}, {"threshold_strict": 1.5},
-    {"labels": ("fake", "real")}, {"version": ""},
+    {"labels": ("fake", "real")}, {"version": ""}, {"min_face_size": 0}, {"min_face_size": 20.5},
+    {"min_face_size": True},
 ])
 def test_invalid_cards_are_refused(bad) -> None:
     with pytest.raises(ModelCardError):
         _card(**bad)
+
+
+def test_cards_without_min_face_size_keep_the_detector_default() -> None:
+    """Cards written before the field existed still load, with MTCNN's default 20 px."""
+    data = _card().to_dict()
+    del data["min_face_size"]
+    assert ModelCard.from_dict(data).min_face_size == 20
+    assert ModelCard.from_json(_card(min_face_size=48).to_json()).min_face_size == 48
 
 
 def test_unknown_fields_newer_schema_and_garbage_are_refused() -> None:

@@ -27,6 +27,8 @@ def test_cli_export_with_int8(trained_run: Path, tmp_path: Path) -> None:
     assert summary["parity_max_abs_prob_diff"] <= 1e-4
     assert summary["calibration"] == "temperature"
     card = read_card(str(out))
+    # prepare kept faces of at least 40 px (its default): the card says serving scores no smaller
+    assert card.min_face_size == 40
     info = card.metrics["int8"]
     assert info == summary["int8"]
     assert 0.0 <= info["auc_fp32"] <= 1.0 and 0.0 <= info["auc_int8"] <= 1.0
@@ -34,6 +36,7 @@ def test_cli_export_with_int8(trained_run: Path, tmp_path: Path) -> None:
     # kept exactly when the AUC drop is within 0.005
     assert info["kept"] == (info["auc_fp32"] - info["auc_int8"] <= 0.005)
     assert int8_path.exists() == info["kept"]
+    assert info["file"] == (int8_path.name if info["kept"] else None)
     if info["kept"]:
         q = Classifier(int8_path)
         assert q.card.version.endswith("+int8") and q.card.metrics["int8"]["kept"]
