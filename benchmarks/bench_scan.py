@@ -82,18 +82,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from detector.analyze import create_analyzer
     from detector.card import ModelCardError
-    from detector.faces import FaceDetector
     from detector.video import Sampling
 
     try:
-        analyzer = create_analyzer(args.model, face_detector=FaceDetector(threads=args.threads),
-                                   threads=args.threads)
+        analyzer = create_analyzer(args.model, threads=args.threads)
     except ModelCardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report: dict[str, object] = {
         "model": f"{analyzer.card.name} {analyzer.card.version} ({analyzer.card.architecture}, "
         f"{analyzer.card.input_size}px)",
+        "min_face_size": analyzer.face_detector.min_face_size,
         "cpus": len(os.sched_getaffinity(0)),
         "threads": args.threads or "default",
         "baseline_rss_mb": round(_peak_rss_mb(), 1),
@@ -131,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"model {report['model']}, {report['cpus']} cpus, threads={report['threads']}")
+    print(f"model {report['model']}, faces from {report['min_face_size']:g} px, "
+          f"{report['cpus']} cpus, threads={report['threads']}")
     print(f"baseline RSS {report['baseline_rss_mb']} MB")
     for name in ("photo", "clip"):
         entry = report[name]

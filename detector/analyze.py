@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from detector import aggregate
+from detector._prefetch import Prefetch
 from detector.card import ModelCard
 from detector.classifier import Classifier, ScoreBatch, resolve_model_path
 from detector.crops import crop_face
@@ -97,15 +98,26 @@ class _Cancelled(Exception):
     """The caller's cancel() returned True."""
 
 
+#: Sampled frames decoded ahead of detection, on a background thread (decoding overlaps with
+#: detection and classification; each waiting 1080p frame holds about 6 MB).
+_DECODE_AHEAD = 2
+
+#: Default frame pixels per face-detector call: two 1080p frames (sixteen 512x512 ones), so
+#: that a 2-core detector works on two frames at once (see ``FaceDetector.detect_batch``).
+DETECT_PIXELS = 2 * 1920 * 1080
+
+
 class Analyzer:
     """Scores every face of images and videos with one classifier and one face detector.
 
     ``model``: a :class:`Classifier`, a path to an ONNX model with a card, or ``None`` for
     the shipped default. ``face_detector``: anything with ``detect``/``detect_batch``
-    (default: :func:`detector.faces.create_face_detector`). ``batch_size``: sampled video
+    (default: :func:`detector.faces.create_face_detector` looking for faces of at least the
+    card's ``min_face_size``: smaller faces than the model was trained on get no score).
+    ``batch_size``: sampled video
     frames whose faces are classified in one call; ``detect_pixels``: frame pixels given
-    to one ``detect_batch`` call (bounds the detector's memory: one 1080p frame, eight
-    512x512 ones). Raises
+    to one ``detect_batch`` call (bounds the detector's memory; the default
+    :data:`DETECT_PIXELS` is two 1080p frames, one per detection thread on 2 cores). Raises
     :class:`~detector.card.ModelCardError` for a missing or invalid model.
     """
 
@@ -116,7 +128,7 @@ class Analyzer:
         limits: Limits | None = None,
         face_detector: Any | None = None,
         batch_size: int = 16,
-        detect_pixels: int = 2_100_000,
+        detect_pixels: int = DETECT_PIXELS,
         threads: int | None = None,
     ) -> None:
         if isinstance(model, Classifier):
@@ -128,7 +140,7 @@ class Analyzer:
         if face_detector is None:
             from detector.faces import create_face_detector
 
-            face_detector = create_face_detector()
+            face_detector = create_face_detector(min_face_size=self.card.min_face_size, threads=threads)
         self.face_detector = face_detector
         self.batch_size = max(1, int(batch_size))
         self.detect_pixels = max(1, int(detect_pixels))
@@ -345,7 +357,7 @@ class Analyzer:
         t = time.perf_counter()
         with iter_sampled_frames(
             path, sampling, limits=self.limits.video_limits(), deadline=deadline
-        ) as sampled:
+        ) as sampled, Prefetch(sampled, depth=_DECODE_AHEAD) as ahead:
             timer.add("decode", t)
             batch = _FrameBatch(self, timer, frames, detections)
             while True:
@@ -354,7 +366,7 @@ class Analyzer:
                 if time.monotonic() > deadline:
                     raise _Timeout(f"analysis exceeded the {self.limits.time_limit:g} s time limit")
                 t = time.perf_counter()
-                frame = next(sampled, None)
+                frame = next(ahead, None)
                 timer.add("decode", t)
                 before = len(frames)
                 if frame is None:
@@ -521,7 +533,7 @@ def create_analyzer(
     limits: Limits | None = None,
     face_detector: Any | None = None,
     batch_size: int = 16,
-    detect_pixels: int = 2_100_000,
+    detect_pixels: int = DETECT_PIXELS,
     threads: int | None = None,
 ) -> Analyzer:
     """Build an :class:`Analyzer` (the shipped default model when ``model`` is None)."""

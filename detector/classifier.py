@@ -95,6 +95,10 @@ class Classifier:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # Idle onnxruntime threads would spin after each call, taking the cores the face detector's
+        # threads need next: measured on 2 cores, the 1 MP photo took 53 ms instead of 68 ms end to
+        # end without spinning and the 1080p clip 3.8 s instead of 4.5 s.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), opts, providers=["CPUExecutionProvider"]

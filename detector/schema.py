@@ -112,4 +112,8 @@ class AnalysisResult(BaseModel):
     frames: list[Frame] | None = Field(default=None, description="videos only")
     tracks: list[Track] | None = Field(default=None, description="videos only")
     video: VideoInfo | None = None
-    timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds per stage: decode (videos: waiting for frames decoded in the background), "
+        "detect, classify, total",
+    )

@@ -122,6 +122,23 @@ def test_two_faces_in_one_image_are_scored_in_one_call(analyzer: Analyzer, astro
     assert r.fake_probability == max(f.fake_probability for f in r.faces)
 
 
+def test_faces_smaller_than_the_card_allows_are_not_scored(astronaut: np.ndarray, tmp_path: Path) -> None:
+    """The analyzer's own detector looks for faces of at least the card's min_face_size: the
+    astronaut's ~100 px face is too small for a card that says 160 px, not once upscaled 2x."""
+    import cv2
+
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "big_faces.onnx", min_face_size=160)
+    a = create_analyzer(model)
+    assert a.face_detector.min_face_size == 160
+    small = a.analyze_bytes(jpeg_bytes(astronaut), "small.jpg")
+    _assert_no_verdict(small, "no_face")
+    big = a.analyze_bytes(jpeg_bytes(cv2.resize(astronaut, (1024, 1024))), "big.jpg")
+    assert big.status == "ok" and len(big.faces) == 1
+    assert big.faces[0].box[2] - big.faces[0].box[0] >= 160
+
+
 def test_no_face_image(analyzer: Analyzer) -> None:
     r = analyzer.analyze_bytes(png_bytes(no_face_image()), "gradient.png")
     _assert_no_verdict(r, "no_face")

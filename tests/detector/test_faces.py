@@ -271,6 +271,52 @@ def test_detect_batch_equals_detect(detector, astronaut):
     assert detector.detect_batch([]) == []
 
 
+def test_frames_detected_in_parallel_equal_one_thread(astronaut):
+    """With threads > 1, detect_batch runs chunks of frames on worker threads (single-threaded
+    sessions): the same detections as one thread doing every frame."""
+    images = [np.ascontiguousarray(np.roll(astronaut, 16 * k, axis=1)) for k in range(5)]
+    images.append(np.zeros((64, 64, 3), np.uint8))
+    parallel = FaceDetector(threads=3)
+    try:
+        got = parallel.detect_batch(images)
+        again = parallel.detect_batch(images[:2])  # the worker pool is reused
+    finally:
+        parallel.close()
+    serial = FaceDetector(threads=1)
+    want = [serial.detect(im) for im in images]
+    assert got == want and again == want[:2]
+    assert [len(f) for f in got] == [1, 1, 1, 1, 1, 0]
+    assert parallel.detect_batch(images[:2]) == want[:2]  # usable after close: a new pool
+    parallel.close()
+
+
+def test_one_image_shared_out_over_threads_equals_one_thread(astronaut):
+    """One image with threads > 1: pyramid levels and R-/O-Net crops are split over worker
+    threads and merged in order, giving exactly the single-threaded detections."""
+    canvas = np.zeros((720, 1280, 3), np.uint8)
+    canvas[:512, :512] = astronaut
+    canvas[100:356, 600:856] = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    canvas[400:656, 900:1156] = cv2.resize(astronaut[:, ::-1], (256, 256), interpolation=cv2.INTER_AREA)
+    shared = FaceDetector(threads=3)
+    try:
+        got = shared.detect(canvas)
+    finally:
+        shared.close()
+    assert got == FaceDetector(threads=1).detect(canvas)
+    assert len(got) == 3
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 8])
+def test_pyramid_levels_split_into_contiguous_balanced_groups(parts):
+    from detector.faces import _split_levels
+
+    scales = [0.6 * 0.709**k for k in range(9)]
+    groups = _split_levels(scales, 1920 * 1080, parts)
+    assert [s for g in groups for s in g] == scales and all(groups) and len(groups) <= parts
+    if parts == 2:  # the first level is about half of the pyramid's pixels
+        assert groups[0] == scales[:1]
+
+
 def test_sorted_by_score(detector, astronaut):
     canvas = np.zeros((512, 1280, 3), np.uint8)
     canvas[:, :512] = astronaut
