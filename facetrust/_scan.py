@@ -158,6 +158,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find every face in images and videos and score it as real or fake.
 
+        Faces are looked for from the model card's min_face_size (40 px for
+        the shipped model, the smallest face size it was trained on); smaller
+        faces are not reported.
         Exit code 0: nothing judged fake (no_face counts as not fake); 1: something
         judged fake; 2: a file could not be analysed or the command failed.
         """

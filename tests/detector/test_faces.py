@@ -228,6 +228,18 @@ def test_downscale_maps_back_to_original_pixels(astronaut):
     assert np.abs(np.array(scaled.box) - np.array(full.box)).max() < 8
 
 
+def test_no_downscale_when_the_pyramid_starts_below_max_side(astronaut):
+    """With min_face_size 40 the pyramid's first level is 12/40 of the image: for a 1024 px
+    image and max_side 512 (ratio 0.5 >= 0.3) the detector skips the downscale and detects on
+    the original pixels, exactly as with no max_side at all; with min_face_size 20 (0.6 > 0.5)
+    it still downscales."""
+    big = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    capped = FaceDetector(min_face_size=40, max_side=512)
+    assert capped._prepare(big).image.shape == big.shape
+    assert capped.detect(big) == FaceDetector(min_face_size=40, max_side=4096).detect(big)
+    assert FaceDetector(min_face_size=20, max_side=512)._prepare(big).image.shape == (512, 512, 3)
+
+
 def test_downscale_keeps_min_face_size_in_original_pixels(astronaut):
     """min_face_size is in original pixels: after a 4x downscale a 25 px limit cannot be met,
     so the pyramid starts at 12 detection pixels (48 original) and small faces are not found."""
