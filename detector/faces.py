@@ -413,7 +413,11 @@ class FaceDetector:
         return self.detect_batch([_check_image(image)])[0]
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
-        """Faces in each image (see :meth:`detect`); same-size images share network calls."""
+        """Faces in each image (see :meth:`detect`); same-size images share network calls.
+
+        With ``threads > 1`` the images are split into that many groups detected side by side
+        (one image: its pyramid levels and crops are); the result does not depend on it.
+        """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
         if not isinstance(images, Sequence):
