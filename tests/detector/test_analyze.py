@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,8 @@ def test_cancel_and_timeout(analyzer: Analyzer, one_person: Path, tiny_model: Pa
     _assert_no_verdict(r, "cancelled")
     strict = Analyzer(tiny_model, face_detector=detector_, limits=Limits(time_limit=1e-6))
     _assert_no_verdict(strict.analyze_path(one_person), "timeout")
+    # the background decoder stopped with the analysis
+    assert not [t for t in threading.enumerate() if t.name == "facetrust-prefetch"]
 
 
 def test_no_face_video(analyzer: Analyzer, tmp_path: Path) -> None:
@@ -233,6 +236,7 @@ def test_bad_inputs_get_a_status_and_no_score(
     path = tmp_path / name
     path.write_bytes(data)
     _assert_no_verdict(analyzer.analyze_path(path), status)
+    assert not [t for t in threading.enumerate() if t.name == "facetrust-prefetch"]
 
 
 def test_zero_frame_video_missing_file_and_size_cap(
