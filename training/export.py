@@ -122,6 +122,22 @@ def verify_parity(
     return diff
 
 
+def int8_excluded_nodes(onnx_path: str | Path) -> list[str]:
+    """Nodes left in FP32 by :func:`quantize_int8`: depthwise convolutions, the first and last
+    convolution and the final Gemm/MatMul (the classifier layer)."""
+    import onnx
+
+    nodes = list(onnx.load(str(onnx_path)).graph.node)
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    names = [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    if convs:
+        names += [convs[0].name, convs[-1].name]
+    dense = [n for n in nodes if n.op_type in ("Gemm", "MatMul")]
+    if dense:
+        names.append(dense[-1].name)
+    return sorted(set(names))
+
+
 def quantize_int8(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -132,10 +148,14 @@ def quantize_int8(
 ) -> Path:
     """Static 8-bit quantisation of an exported classifier (QDQ, per-channel weights).
 
-    Activations and weights are both unsigned 8-bit (U8U8): with signed weights (U8S8)
-    x86 CPUs without VNNI saturate their 16-bit intermediate sums, which on
-    EfficientNet-Lite turned the logits into noise (correlation with FP32 near 0 on face
-    crops, against 0.88 for U8U8).
+    Unsigned 8-bit activations, signed weights with ``reduce_range`` (7-bit weights, U8S8):
+    x86 CPUs without VNNI saturate their 16-bit intermediate sums with full 8-bit signed
+    weights, which on EfficientNet-Lite turned the logits into noise (correlation with FP32
+    near 0 on face crops). Unsigned weights (U8U8) avoided that but ran on a slow path:
+    101 ms per face on this 2-core machine against 4.5 ms in FP32. Depthwise convolutions
+    and the first and last convolution stay in FP32 (:func:`int8_excluded_nodes`): on the
+    default model that kept the validation AUC (0.934 against FP32's 0.930; 0.924 with every
+    convolution quantised) at 3.3 ms per face.
 
     ``calibration_inputs``: normalised ``[N,3,S,S]`` float32 real face crops that set the
     activation ranges. The card is embedded in the quantised file (full onnx check).
@@ -175,8 +195,10 @@ def quantize_int8(
                 _Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
+                reduce_range=True,
+                nodes_to_exclude=int8_excluded_nodes(pre),
                 activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
             )
     embed_card(out_path, card)
     return out_path

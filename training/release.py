@@ -17,6 +17,7 @@ Writes ``export.json`` (the report) and ``calibration.json`` into the run folder
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -120,6 +121,17 @@ def smallest_training_face(data: Data) -> int:
     return min(sizes, default=20)
 
 
+def _calibration_metrics(cal: Any) -> dict[str, Any]:
+    """The card's calibration, threshold and calibrated-validation entries of a calibration."""
+    r = cal.report
+    return {
+        "validation_calibrated": _short(r["metrics"]),
+        "thresholds": {k: r[k] for k in ("balanced", "strict", "strict_target_fpr", "strict_fpr_resolution")},
+        "calibration": {k: r[k] for k in ("method", "cv_nll", "nll_raw", "nll_calibrated", "brier_raw",
+                                          "brier_calibrated")},
+    }
+
+
 def _short(m: dict[str, Any]) -> dict[str, Any]:
     keys = ("auc", "ap", "eer", "tpr_at_1pct_fpr", "n_real", "n_fake")
     return {k: m.get(k) for k in keys}
@@ -164,13 +176,8 @@ def export_run(path: str | Path, out: str | Path, *, int8: bool = False, calibra
     report = validation_report(data.sources, val, hold)
     metrics: dict[str, Any] = {
         "validation": _short(report["overall"]),
-        "validation_calibrated": _short(cal.report["metrics"]),
         "per_method": {m: _short(v) for m, v in report["per_method"].items()},
-        "thresholds": {"balanced": cal.report["balanced"], "strict": cal.report["strict"],
-                       "strict_target_fpr": cal.report["strict_target_fpr"],
-                       "strict_fpr_resolution": cal.report["strict_fpr_resolution"]},
-        "calibration": {k: cal.report[k] for k in ("method", "cv_nll", "nll_raw", "nll_calibrated",
-                                                   "brier_raw", "brier_calibrated")},
+        **_calibration_metrics(cal),
         "checkpoint": {"file": ckpt.name, **{k: ck_meta.get(k) for k in ("epoch", "val_auc")}},
     }
     if "holdout" in report:
@@ -229,15 +236,25 @@ def _try_int8(out: Path, card: ModelCard, cfg: TrainConfig, data: Data, val_dl: 
     q_path = out.with_name(out.stem + ".int8.onnx")
     auc_fp32 = binary_metrics(y, _onnx_logits(out, card, val_dl))["auc"]
     quantize(out, q_path, calib, card)
-    auc_int8 = binary_metrics(y, _onnx_logits(q_path, card, val_dl))["auc"]
+    z8 = _onnx_logits(q_path, card, val_dl)
+    auc_int8 = binary_metrics(y, z8)["auc"]
     keep = auc_fp32 is not None and auc_int8 is not None and auc_fp32 - auc_int8 <= INT8_MAX_AUC_DROP
     info = {"auc_fp32": auc_fp32, "auc_int8": auc_int8, "max_drop": INT8_MAX_AUC_DROP, "kept": bool(keep),
             # the file's name, next to the FP32 model: a path would name the exporting machine's folders
             "calibration_crops": int(len(calib)), "file": q_path.name if keep else None}
+    cal8 = None
+    if keep:
+        # INT8 logits are not FP32's: the INT8 file gets its own calibration and thresholds,
+        # fitted the same way on its own validation logits, so its strict threshold keeps its promise.
+        cal8 = calibrate(z8, y, cfg.calibration, seed=cfg.seed)
+        info["threshold_balanced"], info["threshold_strict"] = cal8.threshold_balanced, cal8.threshold_strict
     new_card = ModelCard.from_dict({**card.to_dict(), "metrics": {**card.metrics, "int8": info}})
     embed_card(out, new_card)
-    if keep:
-        embed_card(q_path, ModelCard.from_dict({**new_card.to_dict(), "version": f"{card.version}+int8"}))
+    if cal8 is not None:
+        metrics8 = {**new_card.metrics, "int8": info, **_calibration_metrics(cal8)}
+        embed_card(q_path, dataclasses.replace(
+            new_card, version=f"{card.version}+int8", metrics=metrics8, calibration=cal8.calibration,
+            threshold_balanced=cal8.threshold_balanced, threshold_strict=cal8.threshold_strict))
         log.info("INT8 kept: validation AUC %.4f (FP32 %.4f) -> %s", auc_int8, auc_fp32, q_path)
     else:
         q_path.unlink(missing_ok=True)
