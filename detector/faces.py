@@ -306,7 +306,7 @@ _Pool = ThreadPoolExecutor | None
 
 
 class _Nets(NamedTuple):
-    """P-, R- and O-Net sessions sharing one thread setting."""
+    """P-, R- and O-Net sessions (single-threaded: each call runs on the calling thread)."""
 
     pnet: ort.InferenceSession
     rnet: ort.InferenceSession
