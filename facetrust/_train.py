@@ -1,4 +1,4 @@
-"""Training subcommands: `prepare`, `train`, `export`, `evaluate`.
+"""Training subcommands: `prepare`, `train`, `export`, `evaluate`, `jitter`.
 
 torch and the training package are imported inside the command bodies only, so
 `facetrust scan` never needs them. Exit code 0 on success, 2 on any error (a clear
@@ -11,6 +11,7 @@ Typical run::
     #   (calibrates, sets thresholds and exports runs/<name>/model.onnx at the end)
     facetrust export runs/lite0_shared --out model.onnx --int8    # again / another checkpoint
     facetrust evaluate model.onnx dfdc /data/dfdc --split test --out reports/dfdc
+    facetrust jitter model.onnx dfdc /data/dfdc --split test       # box-jitter stability
 
 Several GPUs: ``torchrun --nproc_per_node=N -m facetrust train CONFIG`` (same command).
 """
@@ -174,9 +175,38 @@ def evaluate(
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
+def jitter(
+    model: Annotated[Path, typer.Argument(help="ONNX model with a FaceTrust card")],
+    card: Annotated[str, typer.Argument(help="dataset card name or path")],
+    root: Annotated[Path, typer.Argument(help="the corpus root folder")],
+    split: Annotated[str, typer.Option(help="train, val, test or dev")] = "test",
+    frames: Annotated[int, typer.Option(help="frames sampled per video")] = 4,
+    fraction: Annotated[list[float] | None, typer.Option(
+        help="box move as a fraction of its longer side (repeat for several; default 0.02 and 0.05)")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most this many items (seeded)")] = None,
+    out: Annotated[Path | None, typer.Option(help="report folder (jitter.json)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """How much each face's score moves when its box moves by a few percent (shift, scale)."""
+    _logging(verbose)
+    if split not in ("train", "val", "test", "dev"):
+        raise _fail("--split must be train, val, test or dev")
+    if frames < 1:
+        raise _fail("--frames must be >= 1")
+    try:
+        from training.robustness import DEFAULT_FRACTIONS, box_stability
+
+        report = box_stability(model, card, root, split=split, frames=frames, limit=limit, out=out,
+                               fractions=tuple(fraction) if fraction else DEFAULT_FRACTIONS)
+    except _known_errors() as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(report, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     """Register this module's subcommands on the `facetrust` app."""
     app.command("prepare")(prepare)
     app.command("train")(train)
     app.command("export")(export)
     app.command("evaluate")(evaluate)
+    app.command("jitter")(jitter)

@@ -1,11 +1,14 @@
 """Real-world degradations for training crops (numpy/OpenCV, seeded by the caller's rng).
 
-Applied identically to real and fake crops, after THE crop, so the classifier cannot
-use compression, resolution, blur, noise or colour as a shortcut:
-horizontal flip -> colour jitter -> downscale-upscale -> Gaussian blur -> noise -> JPEG.
+Applied identically to real and fake crops, so the classifier cannot use compression,
+resolution, blur, noise, colour or the exact face box as a shortcut: the box is jittered
+before THE crop (:func:`jitter_box`), then horizontal flip -> colour jitter ->
+downscale-upscale -> Gaussian blur -> noise -> JPEG.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -41,6 +44,19 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, brightness: float, c
             hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 180).astype(np.uint8)
             out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     return out
+
+
+def jitter_box(box: Sequence[float], shift: float, scale: float,
+               rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """``box`` (x0, y0, x1, y1) with its centre moved by up to ``shift`` x its longer side in
+    x and y, and its size multiplied by ``exp(u)``, ``|u| <= scale`` (uniform draws)."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    side = max(x1 - x0, y1 - y0)
+    dx, dy = rng.uniform(-shift, shift, size=2) * side
+    f = float(np.exp(rng.uniform(-scale, scale)))
+    cx, cy = (x0 + x1) / 2 + dx, (y0 + y1) / 2 + dy
+    hw, hh = (x1 - x0) / 2 * f, (y1 - y0) / 2 * f
+    return cx - hw, cy - hh, cx + hw, cy + hh
 
 
 def down_up(img: np.ndarray, scale: float) -> np.ndarray:

@@ -48,6 +48,10 @@ class AugmentConfig:
     jpeg_prob: float = 0.6
     jpeg_quality_min: int = 30
     jpeg_quality_max: int = 95
+    # Face-box jitter before THE crop (train only): the detector's box moves by a few pixels
+    # from frame to frame and between pipelines, and the score must not follow it.
+    box_shift: float = 0.0  # max centre shift, fraction of the box's longer side (x and y)
+    box_scale: float = 0.0  # max |log| of the box size factor
 
 
 @dataclass
@@ -70,6 +74,9 @@ class TrainConfig:
     version: str = "0.1.0"
     model: str = "tf_efficientnet_lite0"
     pretrained: str | None = "imagenet-package"  # or a local weights file, or null
+    # Fine-tune: a run's checkpoint (e.g. runs/default/best.safetensors) whose every tensor,
+    # classifier included, replaces the initial weights; ``pretrained`` still sets mean/std.
+    init_from: str | None = None
     input_size: int = 192
     crop_margin: float = 1.3  # the crop the model sees; goes into the card
     seed: int = 0
@@ -140,6 +147,8 @@ class TrainConfig:
         for f in dataclasses.fields(a):
             if f.name.endswith("_prob") and not (0.0 <= getattr(a, f.name) <= 1.0):
                 raise ConfigError(f"augment.{f.name} must be a probability")
+        if not (0.0 <= a.box_shift <= 0.25 and 0.0 <= a.box_scale <= 0.25):
+            raise ConfigError("augment.box_shift and augment.box_scale must be within 0..0.25")
         if self.workers < 0:
             raise ConfigError("workers must be >= 0")
         if self.cpu_threads is not None and self.cpu_threads < 1:

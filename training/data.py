@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from detector.crops import crop_face, to_model_input
-from training.augment import augment
+from training.augment import augment, jitter_box
 from training.cards import hash_unit
 from training.config import TrainConfig
 
@@ -325,7 +325,11 @@ class FaceDataset(Dataset):
             except Exception as exc:  # noqa: BLE001 - a failed blend must not stop training
                 log.debug("blend of %s failed (%s); using the real crop", rec.data.get("id"), exc)
                 kind, label = AS_IS, rec.label
-        crop = crop_face(img, rec.data["box"], self.cfg.crop_margin, self.cfg.input_size)
+        box = rec.data["box"]
+        a = self.cfg.augment
+        if self.train and (a.box_shift > 0 or a.box_scale > 0):
+            box = jitter_box(box, a.box_shift, a.box_scale, rng)
+        crop = crop_face(img, box, self.cfg.crop_margin, self.cfg.input_size)
         if self.train:
             crop = augment(crop, self.cfg.augment, rng)
         return crop, label, kind

@@ -276,7 +276,7 @@ def train_main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
     ``last_state.pt`` of ``cfg.out`` (after the last completed epoch)."""
     from tqdm import tqdm
 
-    from training.models import create_classifier, normalisation
+    from training.models import create_classifier, load_weights, normalisation, read_state_dict
 
     cfg.validate()
     dist = setup_distributed(cfg)
@@ -298,6 +298,8 @@ def train_main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
     mean, std = normalisation(cfg.model, cfg.pretrained)
     try:
         model = create_classifier(cfg.model, cfg.pretrained)
+        if cfg.init_from:
+            load_weights(model, read_state_dict(Path(cfg.init_from)), skip_classifier=False)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     model.to(dist.device)

@@ -218,3 +218,23 @@ def test_cli_train_pretrained_file(prepared_corpus: Path, tmp_path: Path, torch_
     assert yaml.safe_load((tmp_path / "pre_run" / "config.yaml").read_text())["pretrained"] == str(weights)
     res = runner.invoke(app, ["train", str(path), "--pretrained-file", str(tmp_path / "none.pth")])
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_init_from_fine_tunes_every_tensor_of_a_run(trained_run: Path, prepared_corpus: Path,
+                                                     tmp_path: Path) -> None:
+    """`init_from` starts from a run's checkpoint, classifier included (lr 1e-9: almost nothing
+    moves)."""
+    from safetensors.torch import save_file
+
+    from training.models import read_state_dict
+
+    tensors = dict(read_state_dict(trained_run / BEST))
+    tensors["classifier.weight"] = torch.full_like(tensors["classifier.weight"], 0.123)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(init := tmp_path / "init.safetensors"))
+    cfg = tiny_config(prepared_corpus, tmp_path / "ft", init_from=str(init), lr=1e-9, export=False)
+    after = read_state_dict(train_main(cfg, progress=False) / BEST)
+    assert torch.allclose(after["classifier.weight"], tensors["classifier.weight"], atol=1e-6)
+    assert torch.allclose(after["conv_stem.weight"], tensors["conv_stem.weight"], atol=1e-6)
+    with pytest.raises(ConfigError, match="not found"):
+        train_main(tiny_config(prepared_corpus, tmp_path / "bad", init_from=str(tmp_path / "no.pt")),
+                   progress=False)

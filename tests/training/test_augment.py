@@ -1,0 +1,78 @@
+"""Training augmentations: face-box jitter before THE crop."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.training.conftest import tiny_config
+from training.augment import jitter_box
+from training.config import ConfigError, config_from_dict
+
+coords = st.floats(0, 2000, allow_nan=False)
+sizes = st.floats(8, 800, allow_nan=False)
+fractions = st.floats(0, 0.25, allow_nan=False)
+
+
+@given(coords, coords, sizes, sizes, fractions, fractions, st.integers(0, 2**32 - 1))
+def test_jitter_box_stays_within_its_bounds(x0: float, y0: float, w: float, h: float, shift: float,
+                                            scale: float, seed: int) -> None:
+    box = (x0, y0, x0 + w, y0 + h)
+    out = jitter_box(box, shift, scale, np.random.default_rng(seed))
+    side = max(w, h)
+    cx, cy = (out[0] + out[2]) / 2, (out[1] + out[3]) / 2
+    assert abs(cx - (x0 + w / 2)) <= shift * side + 1e-6
+    assert abs(cy - (y0 + h / 2)) <= shift * side + 1e-6
+    fw, fh = (out[2] - out[0]) / w, (out[3] - out[1]) / h
+    assert fw == pytest.approx(fh, rel=1e-6)  # aspect ratio kept
+    assert math.exp(-scale) - 1e-6 <= fw <= math.exp(scale) + 1e-6
+
+
+def test_zero_jitter_is_the_box_itself() -> None:
+    box = (10.0, 20.0, 110.0, 140.0)
+    assert jitter_box(box, 0.0, 0.0, np.random.default_rng(0)) == pytest.approx(box)
+
+
+def test_jitter_moves_boxes_by_different_amounts() -> None:
+    rng = np.random.default_rng(1)
+    outs = {tuple(round(v, 3) for v in jitter_box((0, 0, 100, 100), 0.05, 0.05, rng)) for _ in range(20)}
+    assert len(outs) == 20
+
+
+def test_box_jitter_config_is_validated() -> None:
+    cfg = config_from_dict({"data": ["p"]}, ["augment.box_shift=0.04", "augment.box_scale=0.06"])
+    assert (cfg.augment.box_shift, cfg.augment.box_scale) == (0.04, 0.06)
+    assert config_from_dict({"data": ["p"]}).augment.box_shift == 0.0  # old configs: no jitter
+    for bad in ("augment.box_shift=-0.1", "augment.box_scale=0.5"):
+        with pytest.raises(ConfigError, match="box_shift"):
+            config_from_dict({"data": ["p"]}, [bad])
+
+
+def test_training_crops_jitter_and_validation_crops_do_not(prepared_corpus: Path, tmp_path: Path) -> None:
+    from training.data import AS_IS, FaceDataset, Sources, make_splits
+
+    off = {k: 0.0 for k in ("hflip_prob", "color_prob", "downscale_prob", "blur_prob", "noise_prob",
+                            "jpeg_prob")}
+    sources = Sources([prepared_corpus])
+
+    def crops(shift: float, train: bool) -> list[torch.Tensor]:
+        cfg = tiny_config(prepared_corpus, tmp_path / "r", sbi_prob=0.0, cross_blend_prob=0.0,
+                          augment=off | {"box_shift": shift})
+        pool = make_splits(sources.records, cfg).train
+        if train:
+            ds = FaceDataset(sources, cfg, (0.5,) * 3, (0.5,) * 3, train=True, pool=pool)
+            return [ds[(slot, pool[0])][0] for slot in range(4)]
+        ds = FaceDataset(sources, cfg, (0.5,) * 3, (0.5,) * 3, train=False, items=[(pool[0], AS_IS)] * 4)
+        return [ds[k][0] for k in range(4)]
+
+    still = crops(0.0, True)
+    assert all(torch.equal(still[0], x) for x in still)  # no augmentation at all: one crop
+    moved = crops(0.1, True)
+    assert not all(torch.equal(moved[0], x) for x in moved)
+    assert all(torch.equal(a, still[0]) for a in crops(0.1, False))  # validation crops never move

@@ -1,0 +1,60 @@
+"""`facetrust jitter`: score changes under small face-box moves, through the detector's pipeline."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from tests.training.conftest import train_cli
+from training.robustness import box_stability, moved_boxes
+
+
+@given(st.floats(0, 1000), st.floats(0, 1000), st.floats(4, 500), st.floats(4, 500), st.floats(0.001, 0.25))
+def test_moved_boxes_shift_and_scale_by_the_fraction(x0: float, y0: float, w: float, h: float,
+                                                     f: float) -> None:
+    box = (x0, y0, x0 + w, y0 + h)
+    boxes = moved_boxes(box, f)
+    assert len(boxes) == 6
+    d = f * max(w, h)
+    for b, (dx, dy) in zip(boxes[:4], ((-d, 0), (d, 0), (0, -d), (0, d)), strict=True):
+        assert b == pytest.approx((x0 + dx, y0 + dy, x0 + w + dx, y0 + h + dy))
+    for b, k in zip(boxes[4:], (math.exp(f), math.exp(-f)), strict=True):
+        assert (b[2] - b[0]) == pytest.approx(w * k) and (b[3] - b[1]) == pytest.approx(h * k)
+        assert (b[0] + b[2]) / 2 == pytest.approx(x0 + w / 2)
+
+
+def test_box_stability_on_a_split(trained_run: Path, face_corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    card, root = face_corpus
+    report = box_stability(trained_run / "model.onnx", card, root, split="test", frames=2,
+                           fractions=(0.02, 0.1), out=tmp_path / "j")
+    # the test split's photos and clip frames with a face (the cat and the corrupt file add none)
+    assert report["faces"] >= 4
+    assert report["faces_by_label"]["real"] + report["faces_by_label"]["fake"] == report["faces"]
+    small, large = report["fractions"]["0.02"], report["fractions"]["0.1"]
+    for row in (small, large):
+        assert 0.0 <= row["mean_abs_dprob"] <= 1.0 and 0.0 <= row["p95_abs_dprob"] <= 1.0
+        assert 0.0 <= row["label_flip_balanced"] <= 1.0 and 0.0 <= row["label_flip_strict"] <= 1.0
+        assert row["mean_abs_dlogit"] > 0.0  # a moved box is a different crop
+    assert large["mean_abs_dlogit"] > small["mean_abs_dlogit"]  # bigger moves, bigger changes
+    assert json.loads((tmp_path / "j" / "jitter.json").read_text())["faces"] == report["faces"]
+
+
+def test_cli_jitter_and_errors(trained_run: Path, face_corpus: tuple[Path, Path]) -> None:
+    card, root = face_corpus
+    model = str(trained_run / "model.onnx")
+    runner = CliRunner()
+    res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--split", "test",
+                                      "--limit", "3", "--frames", "1", "--fraction", "0.05"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["dataset"]["items"] == 3 and list(report["fractions"]) == ["0.05"]
+    res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--fraction", "0.9"])
+    assert res.exit_code == 2 and "fraction" in res.output
+    res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--split", "all"])
+    assert res.exit_code == 2 and "--split" in res.output

@@ -1,0 +1,134 @@
+"""``facetrust jitter``: how far a model's score moves when the face box moves a little.
+
+The face detector's box is not a fixed point: it moves by a few pixels from frame to frame,
+between detector settings and between pipelines. A classifier whose verdict follows those
+pixels is unreliable evidence. For each face the detector finds in a split (still images,
+and ``frames`` evenly spaced frames of each video), the face is scored on the detector's
+box and on boxes moved by a fraction of their longer side left, right, up and down, and
+scaled up and down by the same fraction (``exp(+-f)``). The report gives, per fraction,
+the mean and 95th percentile of the absolute change of the calibrated probability and of
+the logit, and the share of faces whose label at the balanced or strict threshold changes
+under at least one of the six moves. Torch-free: the detector's own ONNX pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_FRACTIONS = (0.02, 0.05)
+
+
+def moved_boxes(box: Sequence[float], fraction: float) -> list[tuple[float, float, float, float]]:
+    """Six boxes: ``box`` shifted by ``fraction`` of its longer side left/right/up/down, and
+    scaled about its centre by ``exp(+fraction)`` and ``exp(-fraction)``."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    d = fraction * max(x1 - x0, y1 - y0)
+    out = [(x0 + dx, y0 + dy, x1 + dx, y1 + dy) for dx, dy in ((-d, 0), (d, 0), (0, -d), (0, d))]
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    for f in (np.exp(fraction), np.exp(-fraction)):
+        out.append((cx - hw * f, cy - hh * f, cx + hw * f, cy + hh * f))
+    return out
+
+
+def _images(path: Path, media: str, frames: int) -> Iterator[np.ndarray]:
+    from detector.media import MediaError, decode_image
+    from detector.video import Sampling, iter_sampled_frames
+
+    try:
+        if media == "image":
+            yield decode_image(path.read_bytes())
+            return
+        with iter_sampled_frames(path, Sampling("count", frames)) as it:
+            for frame in it:
+                yield frame.image_rgb
+    except MediaError:
+        return
+
+
+def box_stability(
+    model: str | Path,
+    card: str | Path,
+    root: str | Path,
+    *,
+    split: str = "test",
+    frames: int = 4,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Box-jitter stability of ONNX ``model`` on ``split`` of dataset ``card`` under ``root``.
+
+    ``limit``: at most this many items (seeded, stratified by label). Writes ``jitter.json``
+    to ``out`` if given. Files that cannot be decoded and frames without a face add nothing.
+    """
+    from detector.analyze import create_analyzer
+    from detector.crops import crop_face
+    from training.cards import list_items, load_card
+
+    if not fractions or any(not (0.0 < f <= 0.25) for f in fractions):
+        raise ValueError("each jitter fraction must be within (0, 0.25]")
+    dcard = load_card(card)
+    items = [it for it in list_items(dcard, root) if it.split == split]
+    if not items:
+        raise ValueError(f"no items in split {split!r} of {dcard.name}")
+    if limit is not None and len(items) > limit:
+        rng = np.random.default_rng(0)
+        keep = sorted(rng.choice(len(items), limit, replace=False).tolist())
+        items = [items[k] for k in keep]
+    analyzer = create_analyzer(model)
+    mcard = analyzer.card
+    base_p: list[float] = []
+    base_l: list[float] = []
+    labels: list[int] = []
+    moved_p: dict[float, list[np.ndarray]] = {f: [] for f in fractions}
+    moved_l: dict[float, list[np.ndarray]] = {f: [] for f in fractions}
+    for n, it in enumerate(items):
+        for image in _images(it.path, it.media, frames):
+            for face in analyzer.face_detector.detect(image):
+                boxes = [face.box] + [b for f in fractions for b in moved_boxes(face.box, f)]
+                crops = np.stack([crop_face(image, b, mcard.crop_margin, mcard.input_size) for b in boxes])
+                scored = analyzer.classifier.score(crops)
+                base_p.append(float(scored.probabilities[0]))
+                base_l.append(float(scored.logits[0]))
+                labels.append(it.label)
+                for k, f in enumerate(fractions):
+                    sl = slice(1 + 6 * k, 7 + 6 * k)
+                    moved_p[f].append(scored.probabilities[sl])
+                    moved_l[f].append(scored.logits[sl])
+        if progress:
+            progress(n + 1, len(items))
+    report: dict[str, Any] = {
+        "model": {"path": str(model), "name": mcard.name, "version": mcard.version},
+        "dataset": {"card": dcard.name, "split": split, "items": len(items), "frames_per_video": frames},
+        "faces": len(base_p),
+        "faces_by_label": {"real": labels.count(0), "fake": labels.count(1)},
+        "fractions": {},
+    }
+    if base_p:
+        p0, l0 = np.array(base_p), np.array(base_l)
+        for f in fractions:
+            dp = np.abs(np.stack(moved_p[f]) - p0[:, None])
+            dl = np.abs(np.stack(moved_l[f]) - l0[:, None])
+            row: dict[str, Any] = {
+                "mean_abs_dprob": float(dp.mean()),
+                "p95_abs_dprob": float(np.quantile(dp, 0.95)),
+                "mean_abs_dlogit": float(dl.mean()),
+                "p95_abs_dlogit": float(np.quantile(dl, 0.95)),
+            }
+            moved = np.stack(moved_p[f])
+            for name, t in (("balanced", mcard.threshold_balanced), ("strict", mcard.threshold_strict)):
+                flips = ((moved >= t) != (p0 >= t)[:, None]).any(axis=1)
+                row[f"label_flip_{name}"] = float(flips.mean())
+            report["fractions"][str(f)] = row
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "jitter.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        report["file"] = str(out / "jitter.json")
+    return report
