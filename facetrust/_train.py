@@ -1,4 +1,4 @@
-"""Training subcommands: `prepare`, `train`, `export`, `evaluate`, `jitter`.
+"""Training subcommands: `prepare`, `train`, `export`, `evaluate`, `jitter`, `degrade`.
 
 torch and the training package are imported inside the command bodies only, so
 `facetrust scan` never needs them. Exit code 0 on success, 2 on any error (a clear
@@ -12,6 +12,7 @@ Typical run::
     facetrust export runs/lite0_shared --out model.onnx --int8    # again / another checkpoint
     facetrust evaluate model.onnx dfdc /data/dfdc --split test --out reports/dfdc
     facetrust jitter model.onnx dfdc /data/dfdc --split test       # box-jitter stability
+    facetrust degrade model.onnx dfdc /data/dfdc --split test      # image-quality shortcut check
 
 Several GPUs: ``torchrun --nproc_per_node=N -m facetrust train CONFIG`` (same command).
 """
@@ -146,10 +147,17 @@ def export(
     typer.echo(json.dumps(summary, indent=2))
 
 
+_ModelArg = Annotated[Path, typer.Argument(help="ONNX model with a FaceTrust card")]
+_CardArg = Annotated[str, typer.Argument(help="dataset card name or path")]
+_RootArg = Annotated[Path, typer.Argument(help="the corpus root folder")]
+_SplitOpt = Annotated[str, typer.Option(help="train, val, test or dev")]
+_FramesOpt = Annotated[int, typer.Option(help="frames sampled per video")]
+
+
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="ONNX model with a FaceTrust card")],
-    card: Annotated[str, typer.Argument(help="dataset card name or path")],
-    root: Annotated[Path, typer.Argument(help="the corpus root folder")],
+    model: _ModelArg,
+    card: _CardArg,
+    root: _RootArg,
     split: Annotated[str, typer.Option(help="train, val, test, dev or all")] = "test",
     out: Annotated[Path | None, typer.Option(help="report folder (report.json, roc.png)")] = None,
     frames: Annotated[int, typer.Option(help="frames sampled per video")] = 32,
@@ -175,12 +183,21 @@ def evaluate(
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
+def _check_report_args(verbose: bool, split: str, frames: int) -> None:
+    """Logging on; ``--split`` one of train/val/test/dev and ``--frames`` >= 1, else exit 2."""
+    _logging(verbose)
+    if split not in ("train", "val", "test", "dev"):
+        raise _fail("--split must be train, val, test or dev")
+    if frames < 1:
+        raise _fail("--frames must be >= 1")
+
+
 def jitter(
-    model: Annotated[Path, typer.Argument(help="ONNX model with a FaceTrust card")],
-    card: Annotated[str, typer.Argument(help="dataset card name or path")],
-    root: Annotated[Path, typer.Argument(help="the corpus root folder")],
-    split: Annotated[str, typer.Option(help="train, val, test or dev")] = "test",
-    frames: Annotated[int, typer.Option(help="frames sampled per video")] = 4,
+    model: _ModelArg,
+    card: _CardArg,
+    root: _RootArg,
+    split: _SplitOpt = "test",
+    frames: _FramesOpt = 4,
     fraction: Annotated[list[float] | None, typer.Option(
         help="box move as a fraction of its longer side (repeat for several; default 0.02 and 0.05)")] = None,
     limit: Annotated[int | None, typer.Option(help="at most this many items (seeded)")] = None,
@@ -188,16 +205,36 @@ def jitter(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """How much each face's score moves when its box moves by a few percent (shift, scale)."""
-    _logging(verbose)
-    if split not in ("train", "val", "test", "dev"):
-        raise _fail("--split must be train, val, test or dev")
-    if frames < 1:
-        raise _fail("--frames must be >= 1")
+    _check_report_args(verbose, split, frames)
     try:
         from training.robustness import DEFAULT_FRACTIONS, box_stability
 
         report = box_stability(model, card, root, split=split, frames=frames, limit=limit, out=out,
                                fractions=tuple(fraction) if fraction else DEFAULT_FRACTIONS)
+    except _known_errors() as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(report, indent=2))
+
+
+def degrade(
+    model: _ModelArg,
+    card: _CardArg,
+    root: _RootArg,
+    split: _SplitOpt = "test",
+    frames: _FramesOpt = 4,
+    max_real: Annotated[int | None, typer.Option(help="at most this many real items (seeded); "
+                                                      "every fake is kept")] = None,
+    out: Annotated[Path | None, typer.Option(help="report folder (degrade.json)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Scores per label on JPEG-recompressed, lower-resolution and blurred copies (quality shortcut)."""
+    _check_report_args(verbose, split, frames)
+    if max_real is not None and max_real < 1:
+        raise _fail("--max-real must be >= 1")
+    try:
+        from training.robustness import quality_shift
+
+        report = quality_shift(model, card, root, split=split, frames=frames, max_real=max_real, out=out)
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(report, indent=2))
@@ -210,3 +247,4 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export)
     app.command("evaluate")(evaluate)
     app.command("jitter")(jitter)
+    app.command("degrade")(degrade)

@@ -1,4 +1,6 @@
-"""``facetrust jitter``: how far a model's score moves when the face box moves a little.
+"""Robustness reports through the detector's own pipeline (torch-free).
+
+``facetrust jitter``: how far a model's score moves when the face box moves a little.
 
 The face detector's box is not a fixed point: it moves by a few pixels from frame to frame,
 between detector settings and between pipelines. A classifier whose verdict follows those
@@ -8,7 +10,15 @@ box and on boxes moved by a fraction of their longer side left, right, up and do
 scaled up and down by the same fraction (``exp(+-f)``). The report gives, per fraction,
 the mean and 95th percentile of the absolute change of the calibrated probability and of
 the logit, and the share of faces whose label at the balanced or strict threshold changes
-under at least one of the six moves. Torch-free: the detector's own ONNX pipeline.
+under at least one of the six moves.
+
+``facetrust degrade``: does the model read image quality instead of manipulation? Each
+face is cropped with the box found on the original picture from copies of the whole
+picture re-encoded as JPEG (quality 60 and 30), reduced to half and a quarter of its
+resolution and back, or blurred, as a re-uploaded or re-recorded file would be. Per copy
+the report gives each label's mean fake probability, the share above the balanced and strict
+thresholds and the face-level AUC. If real faces' probability climbs with the damage, the
+model has learned "low quality means fake" (a shortcut), whatever its AUC.
 """
 
 from __future__ import annotations
@@ -18,7 +28,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+
+from training.augment import down_up, jpeg
 
 DEFAULT_FRACTIONS = (0.02, 0.05)
 
@@ -50,6 +63,27 @@ def _images(path: Path, media: str, frames: int) -> Iterator[np.ndarray]:
         return
 
 
+def _split_items(card: str | Path, root: str | Path, split: str) -> tuple[Any, list[Any]]:
+    """The dataset card and its items of ``split`` (``ValueError`` when there are none)."""
+    from training.cards import list_items, load_card
+
+    dcard = load_card(card)
+    items = [it for it in list_items(dcard, root) if it.split == split]
+    if not items:
+        raise ValueError(f"no items in split {split!r} of {dcard.name}")
+    return dcard, items
+
+
+def _save(report: dict[str, Any], out: str | Path | None, name: str) -> dict[str, Any]:
+    """Write ``report`` as ``out/name`` (when ``out`` is given) and note the file in it."""
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        report["file"] = str(out / name)
+    return report
+
+
 def box_stability(
     model: str | Path,
     card: str | Path,
@@ -64,19 +98,15 @@ def box_stability(
 ) -> dict[str, Any]:
     """Box-jitter stability of ONNX ``model`` on ``split`` of dataset ``card`` under ``root``.
 
-    ``limit``: at most this many items (seeded, stratified by label). Writes ``jitter.json``
+    ``limit``: at most this many items (a seeded random subset). Writes ``jitter.json``
     to ``out`` if given. Files that cannot be decoded and frames without a face add nothing.
     """
     from detector.analyze import create_analyzer
     from detector.crops import crop_face
-    from training.cards import list_items, load_card
 
     if not fractions or any(not (0.0 < f <= 0.25) for f in fractions):
         raise ValueError("each jitter fraction must be within (0, 0.25]")
-    dcard = load_card(card)
-    items = [it for it in list_items(dcard, root) if it.split == split]
-    if not items:
-        raise ValueError(f"no items in split {split!r} of {dcard.name}")
+    dcard, items = _split_items(card, root, split)
     if limit is not None and len(items) > limit:
         rng = np.random.default_rng(0)
         keep = sorted(rng.choice(len(items), limit, replace=False).tolist())
@@ -126,9 +156,84 @@ def box_stability(
                 flips = ((moved >= t) != (p0 >= t)[:, None]).any(axis=1)
                 row[f"label_flip_{name}"] = float(flips.mean())
             report["fractions"][str(f)] = row
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "jitter.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-        report["file"] = str(out / "jitter.json")
-    return report
+    return _save(report, out, "jitter.json")
+
+
+#: The picture-wide degradations of :func:`quality_shift` (name -> function of an RGB image).
+DEGRADATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "jpeg60": lambda im: jpeg(im, 60),
+    "jpeg30": lambda im: jpeg(im, 30),
+    "half_resolution": lambda im: down_up(im, 0.5),
+    "quarter_resolution": lambda im: down_up(im, 0.25),
+    "blur_sigma1.5": lambda im: cv2.GaussianBlur(im, (0, 0), 1.5),
+}
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not len(pos) or not len(neg):
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def quality_shift(
+    model: str | Path,
+    card: str | Path,
+    root: str | Path,
+    *,
+    split: str = "test",
+    frames: int = 4,
+    max_real: int | None = None,
+    out: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Scores of ONNX ``model`` on ``split`` under each of :data:`DEGRADATIONS` (see module doc).
+
+    ``max_real``: at most this many real items (seeded); every fake item is kept. Writes
+    ``degrade.json`` to ``out`` if given.
+    """
+    from detector.analyze import create_analyzer
+    from detector.crops import crop_face
+
+    dcard, items = _split_items(card, root, split)
+    reals = [k for k, it in enumerate(items) if it.label == 0]
+    if max_real is not None and len(reals) > max_real:
+        drop = set(reals) - set(np.random.default_rng(0).choice(reals, max_real, replace=False).tolist())
+        items = [it for k, it in enumerate(items) if k not in drop]
+    analyzer = create_analyzer(model)
+    mcard = analyzer.card
+    names = ["original", *DEGRADATIONS]
+    probs: dict[str, list[float]] = {n: [] for n in names}
+    labels: list[int] = []
+    for n, it in enumerate(items):
+        for image in _images(it.path, it.media, frames):
+            faces = analyzer.face_detector.detect(image)
+            if not faces:
+                continue
+            copies = {"original": image} | {k: f(image) for k, f in DEGRADATIONS.items()}
+            for name, pic in copies.items():
+                crops = np.stack([crop_face(pic, f.box, mcard.crop_margin, mcard.input_size) for f in faces])
+                probs[name] += analyzer.classifier.score(crops).probabilities.tolist()
+            labels += [it.label] * len(faces)
+        if progress:
+            progress(n + 1, len(items))
+    y = np.array(labels, dtype=np.int64)
+    report: dict[str, Any] = {
+        "model": {"path": str(model), "name": mcard.name, "version": mcard.version},
+        "dataset": {"card": dcard.name, "split": split, "items": len(items), "frames_per_video": frames},
+        "faces_by_label": {"real": int((y == 0).sum()), "fake": int((y == 1).sum())},
+        "degradations": {},
+    }
+    for name in names:
+        p = np.array(probs[name], dtype=np.float64)
+        row: dict[str, Any] = {"auc": _auc(y, p)}
+        for lab, key in ((0, "real"), (1, "fake")):
+            sel = p[y == lab]
+            row[key] = None if not len(sel) else {
+                "mean_probability": float(sel.mean()),
+                "above_balanced": float((sel >= mcard.threshold_balanced).mean()),
+                "above_strict": float((sel >= mcard.threshold_strict).mean()),
+            }
+        report["degradations"][name] = row
+    return _save(report, out, "degrade.json")

@@ -1,4 +1,5 @@
-"""`facetrust jitter`: score changes under small face-box moves, through the detector's pipeline."""
+"""`facetrust jitter` and `facetrust degrade`: score changes under small face-box moves and under
+picture-wide damage (JPEG, resolution, blur), through the detector's pipeline."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tests.training.conftest import train_cli
-from training.robustness import box_stability, moved_boxes
+from training.cards import list_items, load_card
+from training.robustness import DEGRADATIONS, box_stability, moved_boxes, quality_shift
 
 
 @given(st.floats(0, 1000), st.floats(0, 1000), st.floats(4, 500), st.floats(4, 500), st.floats(0.001, 0.25))
@@ -57,4 +60,45 @@ def test_cli_jitter_and_errors(trained_run: Path, face_corpus: tuple[Path, Path]
     res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--fraction", "0.9"])
     assert res.exit_code == 2 and "fraction" in res.output
     res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--split", "all"])
+    assert res.exit_code == 2 and "--split" in res.output
+
+
+def test_degradations_keep_the_picture_shape_and_change_it() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    for name, fn in DEGRADATIONS.items():
+        out = fn(image)
+        assert out.shape == image.shape and out.dtype == np.uint8, name
+        assert np.abs(out.astype(int) - image).mean() > 1.0, name  # noise does not survive any of them
+
+
+def test_quality_shift_on_a_split(trained_run: Path, face_corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    card, root = face_corpus
+    report = quality_shift(trained_run / "model.onnx", card, root, split="test", frames=2, max_real=2,
+                           out=tmp_path / "q")
+    # every fake item of the split is kept, the reals are cut to 2
+    labels = [it.label for it in list_items(load_card(card), root) if it.split == "test"]
+    assert report["dataset"]["items"] == labels.count(1) + 2
+    assert report["faces_by_label"]["fake"] >= 1
+    assert list(report["degradations"]) == ["original", *DEGRADATIONS]
+    for row in report["degradations"].values():
+        for key in ("real", "fake"):
+            if row[key] is not None:
+                assert 0.0 <= row[key]["mean_probability"] <= 1.0
+                assert row[key]["above_strict"] <= row[key]["above_balanced"]
+    saved = json.loads((tmp_path / "q" / "degrade.json").read_text())
+    assert saved["degradations"] == report["degradations"]
+
+
+def test_cli_degrade_and_errors(trained_run: Path, face_corpus: tuple[Path, Path]) -> None:
+    card, root = face_corpus
+    model = str(trained_run / "model.onnx")
+    runner = CliRunner()
+    res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--frames", "1",
+                                      "--max-real", "1"])
+    assert res.exit_code == 0, res.output
+    assert "jpeg30" in json.loads(res.stdout)["degradations"]
+    res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--max-real", "0"])
+    assert res.exit_code == 2 and "--max-real" in res.output
+    res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--split", "nope"])
     assert res.exit_code == 2 and "--split" in res.output
