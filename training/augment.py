@@ -2,8 +2,9 @@
 
 Applied identically to real and fake crops, so the classifier cannot use compression,
 resolution, blur, noise, colour or the exact face box as a shortcut: the box is jittered
-before THE crop (:func:`jitter_box`), then horizontal flip -> colour jitter ->
-downscale-upscale -> Gaussian blur -> noise -> JPEG.
+before THE crop (:func:`jitter_box`); crops made from a real picture may lose extra detail
+(:func:`lose_detail`); then horizontal flip -> colour jitter -> downscale-upscale -> Gaussian
+blur -> noise -> JPEG.
 """
 
 from __future__ import annotations
@@ -65,6 +66,15 @@ def down_up(img: np.ndarray, scale: float) -> np.ndarray:
     sw, sh = max(4, int(round(w * scale))), max(4, int(round(h * scale)))
     small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def lose_detail(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Half the time a down-up resize by ``real_source_scale_min..max``, else a Gaussian blur
+    of sigma ``0.8..real_source_blur_max`` (see ``AugmentConfig.real_source_degrade_prob``)."""
+    if rng.random() < 0.5:
+        return down_up(img, rng.uniform(cfg.real_source_scale_min, cfg.real_source_scale_max))
+    sigma = rng.uniform(0.8, cfg.real_source_blur_max)
+    return cv2.GaussianBlur(np.ascontiguousarray(img), (0, 0), sigma)
 
 
 def augment(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

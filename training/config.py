@@ -52,6 +52,13 @@ class AugmentConfig:
     # from frame to frame and between pipelines, and the score must not follow it.
     box_shift: float = 0.0  # max centre shift, fraction of the box's longer side (x and y)
     box_scale: float = 0.0  # max |log| of the box size factor
+    # Extra loss of detail for samples made from a real picture (reals and their blends), not for
+    # labelled generated fakes: generated clips are often softer than real footage, so without it
+    # "blurry / low resolution" stays a cue for "fake" even when both get the same chain below.
+    real_source_degrade_prob: float = 0.0
+    real_source_scale_min: float = 0.25  # down-up scale drawn from [min, max] (else a blur)
+    real_source_scale_max: float = 0.6
+    real_source_blur_max: float = 2.0  # Gaussian sigma drawn from [0.8, max]
 
 
 @dataclass
@@ -147,6 +154,10 @@ class TrainConfig:
         for f in dataclasses.fields(a):
             if f.name.endswith("_prob") and not (0.0 <= getattr(a, f.name) <= 1.0):
                 raise ConfigError(f"augment.{f.name} must be a probability")
+        if not (0.05 <= a.real_source_scale_min <= a.real_source_scale_max <= 1.0):
+            raise ConfigError("augment: need 0.05 <= real_source_scale_min <= real_source_scale_max <= 1")
+        if not (0.8 <= a.real_source_blur_max <= 10.0):
+            raise ConfigError("augment.real_source_blur_max must be within 0.8..10")
         if not (0.0 <= a.box_shift <= 0.25 and 0.0 <= a.box_scale <= 0.25):
             raise ConfigError("augment.box_shift and augment.box_scale must be within 0..0.25")
         if self.workers < 0:

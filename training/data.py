@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from detector.crops import crop_face, to_model_input
-from training.augment import augment, jitter_box
+from training.augment import augment, jitter_box, lose_detail
 from training.cards import hash_unit
 from training.config import TrainConfig
 
@@ -331,6 +331,8 @@ class FaceDataset(Dataset):
             box = jitter_box(box, a.box_shift, a.box_scale, rng)
         crop = crop_face(img, box, self.cfg.crop_margin, self.cfg.input_size)
         if self.train:
+            if a.real_source_degrade_prob > 0 and rec.label == 0 and rng.random() < a.real_source_degrade_prob:
+                crop = lose_detail(crop, a, rng)
             crop = augment(crop, self.cfg.augment, rng)
         return crop, label, kind
 

@@ -76,3 +76,53 @@ def test_training_crops_jitter_and_validation_crops_do_not(prepared_corpus: Path
     moved = crops(0.1, True)
     assert not all(torch.equal(moved[0], x) for x in moved)
     assert all(torch.equal(a, still[0]) for a in crops(0.1, False))  # validation crops never move
+
+
+def _sharpness(img: np.ndarray) -> float:
+    import cv2
+
+    return float(cv2.Laplacian(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
+def test_lose_detail_blurs_or_shrinks_and_keeps_the_shape() -> None:
+    from skimage import data
+
+    from training.augment import lose_detail
+    from training.config import AugmentConfig
+
+    img = np.ascontiguousarray(data.astronaut()[:160, 180:340])
+    cfg = AugmentConfig(real_source_degrade_prob=1.0)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        out = lose_detail(img, cfg, rng)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert _sharpness(out) < 0.6 * _sharpness(img)
+
+
+def test_real_source_detail_loss_is_validated() -> None:
+    for bad in (["augment.real_source_scale_min=0.7", "augment.real_source_scale_max=0.5"],
+                ["augment.real_source_blur_max=0.5"], ["augment.real_source_degrade_prob=1.5"]):
+        with pytest.raises(ConfigError):
+            config_from_dict({"data": ["p"]}, bad)
+
+
+def test_only_crops_of_real_pictures_lose_detail(prepared_corpus: Path, tmp_path: Path) -> None:
+    """Reals lose detail; labelled fakes (here the corpus' stored fakes) are left as they are."""
+    from training.data import FaceDataset, Sources, make_splits
+
+    off = {k: 0.0 for k in ("hflip_prob", "color_prob", "downscale_prob", "blur_prob", "noise_prob",
+                            "jpeg_prob")}
+    sources = Sources([prepared_corpus])
+
+    def first_crops(prob: float) -> dict[int, torch.Tensor]:
+        cfg = tiny_config(prepared_corpus, tmp_path / "r", sbi_prob=0.0, cross_blend_prob=0.0,
+                          augment=off | {"real_source_degrade_prob": prob})
+        pool = make_splits(sources.records, cfg).train
+        ds = FaceDataset(sources, cfg, (0.5,) * 3, (0.5,) * 3, train=True, pool=pool)
+        picked = {lab: next(i for i in pool if sources.records[i].label == lab) for lab in (0, 1)}
+        return {lab: ds[(0, i)][0] for lab, i in picked.items()}
+
+    plain, damaged = first_crops(0.0), first_crops(1.0)
+    assert torch.equal(plain[1], damaged[1])  # a labelled fake is untouched
+    assert not torch.equal(plain[0], damaged[0])
+    assert damaged[0].diff(dim=2).abs().mean() < plain[0].diff(dim=2).abs().mean()  # less detail
