@@ -331,7 +331,8 @@ class FaceDataset(Dataset):
             box = jitter_box(box, a.box_shift, a.box_scale, rng)
         crop = crop_face(img, box, self.cfg.crop_margin, self.cfg.input_size)
         if self.train:
-            if a.real_source_degrade_prob > 0 and rec.label == 0 and rng.random() < a.real_source_degrade_prob:
+            p_lose = a.real_source_degrade_prob if rec.label == 0 else 0.0
+            if p_lose > 0 and rng.random() < p_lose:  # no draw when off: old runs reproduce
                 crop = lose_detail(crop, a, rng)
             crop = augment(crop, self.cfg.augment, rng)
         return crop, label, kind

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from training.augment import down_up, jpeg
+from training.metrics import binary_metrics
 
 DEFAULT_FRACTIONS = (0.02, 0.05)
 
@@ -169,14 +170,6 @@ DEGRADATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if not len(pos) or not len(neg):
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
 def quality_shift(
     model: str | Path,
     card: str | Path,
@@ -227,7 +220,7 @@ def quality_shift(
     }
     for name in names:
         p = np.array(probs[name], dtype=np.float64)
-        row: dict[str, Any] = {"auc": _auc(y, p)}
+        row: dict[str, Any] = {"auc": binary_metrics(y, p)["auc"] if len(p) else None}
         for lab, key in ((0, "real"), (1, "fake")):
             sel = p[y == lab]
             row[key] = None if not len(sel) else {
