@@ -107,6 +107,8 @@ def box_stability(
 
     if not fractions or any(not (0.0 < f <= 0.25) for f in fractions):
         raise ValueError("each jitter fraction must be within (0, 0.25]")
+    if limit is not None and limit < 1:
+        raise ValueError("--limit must be >= 1")
     dcard, items = _split_items(card, root, split)
     if limit is not None and len(items) > limit:
         rng = np.random.default_rng(0)
@@ -189,6 +191,8 @@ def quality_shift(
     from detector.analyze import create_analyzer
     from detector.crops import crop_face
 
+    if max_real is not None and max_real < 1:
+        raise ValueError("--max-real must be >= 1")
     dcard, items = _split_items(card, root, split)
     reals = [k for k, it in enumerate(items) if it.label == 0]
     if max_real is not None and len(reals) > max_real:

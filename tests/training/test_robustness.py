@@ -61,6 +61,8 @@ def test_cli_jitter_and_errors(trained_run: Path, face_corpus: tuple[Path, Path]
     assert res.exit_code == 2 and "fraction" in res.output
     res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--split", "all"])
     assert res.exit_code == 2 and "--split" in res.output
+    res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--limit", "-1"])
+    assert res.exit_code == 2 and "--limit must be >= 1" in res.output
 
 
 def test_degradations_keep_the_picture_shape_and_change_it() -> None:
