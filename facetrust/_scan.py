@@ -102,7 +102,8 @@ def _print_table(results: list[Any], strict: bool) -> None:
         for tr in r.tracks or []:
             label = tr.label_strict if strict else tr.label
             table.add_row(
-                f"  track {tr.id}: {len(tr.frames)} faces, {tr.first_time:.2f}-{tr.last_time:.2f} s",
+                f"  track {tr.id}: {len(tr.frames)} face{'' if len(tr.frames) == 1 else 's'}, "
+                f"{tr.first_time:.2f}-{tr.last_time:.2f} s",
                 "",
                 label,
                 f"{tr.fake_probability:.3f}",
