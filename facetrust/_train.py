@@ -58,7 +58,7 @@ def prepare(
     card: Annotated[str, typer.Argument(help="dataset card name (datasets/NAME.yaml) or path")],
     root: Annotated[Path, typer.Argument(help="the corpus root folder")],
     out: Annotated[Path, typer.Argument(help="output folder (index.jsonl, meta.json, crops/)")],
-    frames: Annotated[int, typer.Option(help="frames sampled per video")] = 32,
+    frames: _FramesOpt = 32,
     size: Annotated[int, typer.Option(help="side of the stored crops in pixels")] = 256,
     margin: Annotated[float, typer.Option(help="margin of the stored crops (>= the model's margin)")] = 2.0,
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,

@@ -49,7 +49,9 @@ def moved_boxes(box: Sequence[float], fraction: float) -> list[tuple[float, floa
     return out
 
 
-def _images(path: Path, media: str, frames: int) -> Iterator[np.ndarray]:
+def _images(path: Path, media: str, frames: int, unreadable: list[str]) -> Iterator[np.ndarray]:
+    """The picture, or ``frames`` evenly spaced frames; a file that fails to decode is added to
+    ``unreadable`` (with the reason) instead of raising."""
     from detector.media import MediaError, decode_image
     from detector.video import Sampling, iter_sampled_frames
 
@@ -60,8 +62,8 @@ def _images(path: Path, media: str, frames: int) -> Iterator[np.ndarray]:
         with iter_sampled_frames(path, Sampling("count", frames)) as it:
             for frame in it:
                 yield frame.image_rgb
-    except MediaError:
-        return
+    except MediaError as exc:
+        unreadable.append(f"{path}: {exc}")
 
 
 def _split_items(card: str | Path, root: str | Path, split: str) -> tuple[Any, list[Any]]:
@@ -100,7 +102,8 @@ def box_stability(
     """Box-jitter stability of ONNX ``model`` on ``split`` of dataset ``card`` under ``root``.
 
     ``limit``: at most this many items (a seeded random subset). Writes ``jitter.json``
-    to ``out`` if given. Files that cannot be decoded and frames without a face add nothing.
+    to ``out`` if given. Frames without a face add nothing; files that cannot be decoded are
+    listed under ``unreadable``.
     """
     from detector.analyze import create_analyzer
     from detector.crops import crop_face
@@ -116,13 +119,14 @@ def box_stability(
         items = [items[k] for k in keep]
     analyzer = create_analyzer(model)
     mcard = analyzer.card
+    unreadable: list[str] = []
     base_p: list[float] = []
     base_l: list[float] = []
     labels: list[int] = []
     moved_p: dict[float, list[np.ndarray]] = {f: [] for f in fractions}
     moved_l: dict[float, list[np.ndarray]] = {f: [] for f in fractions}
     for n, it in enumerate(items):
-        for image in _images(it.path, it.media, frames):
+        for image in _images(it.path, it.media, frames, unreadable):
             for face in analyzer.face_detector.detect(image):
                 boxes = [face.box] + [b for f in fractions for b in moved_boxes(face.box, f)]
                 crops = np.stack([crop_face(image, b, mcard.crop_margin, mcard.input_size) for b in boxes])
@@ -139,6 +143,7 @@ def box_stability(
     report: dict[str, Any] = {
         "model": {"path": str(model), "name": mcard.name, "version": mcard.version},
         "dataset": {"card": dcard.name, "split": split, "items": len(items), "frames_per_video": frames},
+        "unreadable": unreadable,
         "faces": len(base_p),
         "faces_by_label": {"real": labels.count(0), "fake": labels.count(1)},
         "fractions": {},
@@ -186,7 +191,8 @@ def quality_shift(
     """Scores of ONNX ``model`` on ``split`` under each of :data:`DEGRADATIONS` (see module doc).
 
     ``max_real``: at most this many real items (seeded); every fake item is kept. Writes
-    ``degrade.json`` to ``out`` if given.
+    ``degrade.json`` to ``out`` if given. Files that cannot be decoded are listed under
+    ``unreadable``.
     """
     from detector.analyze import create_analyzer
     from detector.crops import crop_face
@@ -200,11 +206,12 @@ def quality_shift(
         items = [it for k, it in enumerate(items) if k not in drop]
     analyzer = create_analyzer(model)
     mcard = analyzer.card
+    unreadable: list[str] = []
     names = ["original", *DEGRADATIONS]
     probs: dict[str, list[float]] = {n: [] for n in names}
     labels: list[int] = []
     for n, it in enumerate(items):
-        for image in _images(it.path, it.media, frames):
+        for image in _images(it.path, it.media, frames, unreadable):
             faces = analyzer.face_detector.detect(image)
             if not faces:
                 continue
@@ -219,6 +226,7 @@ def quality_shift(
     report: dict[str, Any] = {
         "model": {"path": str(model), "name": mcard.name, "version": mcard.version},
         "dataset": {"card": dcard.name, "split": split, "items": len(items), "frames_per_video": frames},
+        "unreadable": unreadable,
         "faces_by_label": {"real": int((y == 0).sum()), "fake": int((y == 1).sum())},
         "degradations": {},
     }

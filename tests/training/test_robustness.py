@@ -38,6 +38,7 @@ def test_box_stability_on_a_split(trained_run: Path, face_corpus: tuple[Path, Pa
                            fractions=(0.02, 0.1), out=tmp_path / "j")
     # the test split's photos and clip frames with a face (the cat and the corrupt file add none)
     assert report["faces"] >= 4
+    assert len(report["unreadable"]) == 1 and "corrupt_0.jpg" in report["unreadable"][0]
     assert report["faces_by_label"]["real"] + report["faces_by_label"]["fake"] == report["faces"]
     small, large = report["fractions"]["0.02"], report["fractions"]["0.1"]
     for row in (small, large):
