@@ -80,7 +80,7 @@ def _free_port() -> int:
 
 
 def start_server(
-    model: str | None, workers: int, queue: int, key: str, log: Path
+    model: str | None, workers: int, queue: int, key: str, log: Path, multi_crop: str = "images"
 ) -> tuple[subprocess.Popen, str]:
     """Start `facetrust serve` on a free loopback port; returns (process, url) once ready."""
     import hashlib
@@ -92,6 +92,7 @@ def start_server(
         FACETRUST_WORKERS=str(workers),
         FACETRUST_QUEUE_SIZE=str(queue),
         FACETRUST_LOG_LEVEL="warning",
+        FACETRUST_MULTI_CROP=multi_crop,
     )
     cmd = [sys.executable, "-m", "facetrust", "serve", "--port", str(port)]
     if model:
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="unmeasured requests first")
     p.add_argument("--max-seconds", type=float, default=300, help="overall time budget (default 300)")
     p.add_argument("--image", help="photo to send (default: skimage's astronaut as JPEG)")
+    p.add_argument("--multi-crop", default="images", choices=("none", "images", "all"),
+                   help="FACETRUST_MULTI_CROP of the server started here (default: images)")
     args = p.parse_args(argv)
     n = max(1, min(args.requests, 2000))
     queue = args.workers if args.queue is None else args.queue
@@ -181,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             workers, capacity = None, None
         else:
             key = secrets.token_urlsafe(24)
-            proc, url = start_server(args.model, args.workers, queue, key, Path(tmp) / "server.log")
+            proc, url = start_server(args.model, args.workers, queue, key, Path(tmp) / "server.log",
+                                     args.multi_crop)
             workers, capacity = args.workers, args.workers + queue
         try:
             info = httpx.get(f"{url}/readyz", timeout=5).json()

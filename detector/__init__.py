@@ -20,6 +20,7 @@ _EXPORTS = {
     "create_analyzer": "detector.analyze",
     "Analyzer": "detector.analyze",
     "Limits": "detector.analyze",
+    "MultiCrop": "detector.analyze",
     "Sampling": "detector.video",
     "VideoLimits": "detector.video",
     "Classifier": "detector.classifier",
@@ -42,6 +43,7 @@ _EXPORTS = {
     "FaceDetector": "detector.faces",
     "create_face_detector": "detector.faces",
     "crop_face": "detector.crops",
+    "crop_views": "detector.crops",
     "link_tracks": "detector.tracks",
 }
 
@@ -60,6 +62,7 @@ __all__ = [
     "ModelCard",
     "ModelCardError",
     "ModelInfo",
+    "MultiCrop",
     "Sampling",
     "ScoreBatch",
     "Status",
@@ -69,16 +72,17 @@ __all__ = [
     "create_analyzer",
     "create_face_detector",
     "crop_face",
+    "crop_views",
     "default_model_path",
     "link_tracks",
     "read_card",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from detector.analyze import Analyzer, Limits, create_analyzer
+    from detector.analyze import Analyzer, Limits, MultiCrop, create_analyzer
     from detector.card import Calibration, ModelCard, ModelCardError, read_card
     from detector.classifier import Classifier, ScoreBatch, default_model_path
-    from detector.crops import crop_face
+    from detector.crops import crop_face, crop_views
     from detector.faces import DetectedFace, FaceDetector, create_face_detector
     from detector.media import MediaError
     from detector.schema import AnalysisResult, Face, Frame, MediaType, ModelInfo, Status, Track, VideoInfo

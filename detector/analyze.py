@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from detector import aggregate
 from detector._prefetch import Prefetch
 from detector.card import ModelCard
 from detector.classifier import Classifier, ScoreBatch, resolve_model_path
-from detector.crops import crop_face
+from detector.crops import VIEWS, crop_face, crop_views
 from detector.media import (
     SNIFF_BYTES,
     MediaError,
@@ -106,6 +106,15 @@ _DECODE_AHEAD = 2
 #: that a 2-core detector works on two frames at once (see ``FaceDetector.detect_batch``).
 DETECT_PIXELS = 2 * 1920 * 1080
 
+#: Which media score each face as the mean logit of :data:`detector.crops.VIEWS` crops (the box
+#: moved by 2% four ways, two of them mirrored: :func:`detector.crops.crop_views`) instead of
+#: one. ``images`` (the default): a photo's single score is what decides, and the mean of the
+#: views moves about half as much with the detector's box (MODEL_CARD.md); a video already
+#: averages each face over its frames, and four crops per face would multiply its classifier time
+#: by four.
+MultiCrop = Literal["none", "images", "all"]
+DEFAULT_MULTI_CROP: MultiCrop = "images"
+
 
 class Analyzer:
     """Scores every face of images and videos with one classifier and one face detector.
@@ -118,7 +127,8 @@ class Analyzer:
     frames whose faces are classified in one call; ``detect_pixels``: frame pixels given
     to one ``detect_batch`` call (bounds the detector's memory; the default
     :data:`DETECT_PIXELS` is two 1080p frames, one per detection thread on 2 cores). Raises
-    :class:`~detector.card.ModelCardError` for a missing or invalid model.
+    :class:`~detector.card.ModelCardError` for a missing or invalid model. ``multi_crop``: which
+    media are scored with :data:`detector.crops.VIEWS` crops per face (:data:`MultiCrop`).
     """
 
     def __init__(
@@ -130,7 +140,11 @@ class Analyzer:
         batch_size: int = 16,
         detect_pixels: int = DETECT_PIXELS,
         threads: int | None = None,
+        multi_crop: MultiCrop = DEFAULT_MULTI_CROP,
     ) -> None:
+        if multi_crop not in get_args(MultiCrop):
+            raise ValueError(f"multi_crop must be one of {get_args(MultiCrop)}, not {multi_crop!r}")
+        self.multi_crop: MultiCrop = multi_crop
         if isinstance(model, Classifier):
             self.classifier = model
         else:
@@ -281,16 +295,24 @@ class Analyzer:
             }
         )
 
-    def _crops(self, image: np.ndarray, faces: Sequence[Any]) -> list[np.ndarray]:
-        """THE crop (:func:`crop_face` with the card's margin and size) of each face."""
-        card = self.card
-        return [crop_face(image, f.box, card.crop_margin, card.input_size) for f in faces]
+    def views(self, media_type: str) -> int:
+        """Crops scored per face for ``media_type`` (``image`` or ``video``): 1 or :data:`VIEWS`."""
+        wanted = {"all": True, "images": media_type == "image", "none": False}[self.multi_crop]
+        return VIEWS if wanted else 1
 
-    def _score(self, crops: Sequence[np.ndarray]) -> ScoreBatch:
+    def _crops(self, image: np.ndarray, faces: Sequence[Any], views: int) -> list[np.ndarray]:
+        """THE crop (:func:`crop_face` with the card's margin and size) of each face, or its
+        ``views`` crops (:func:`crop_views`) one after the other."""
+        card = self.card
+        if views == 1:
+            return [crop_face(image, f.box, card.crop_margin, card.input_size) for f in faces]
+        return [c for f in faces for c in crop_views(image, f.box, card.crop_margin, card.input_size)]
+
+    def _score(self, crops: Sequence[np.ndarray], views: int) -> ScoreBatch:
         """One classifier call for all ``crops`` (chunked by the classifier if very many)."""
         s = self.card.input_size
         stack = np.stack(crops) if len(crops) else np.zeros((0, s, s, 3), np.uint8)
-        return self.classifier.score(stack)
+        return self.classifier.score(stack, views=views)
 
     def _face(self, det: Any, scores: ScoreBatch, i: int, track_id: int | None = None) -> Face:
         p = float(scores.probabilities[i])
@@ -328,8 +350,10 @@ class Analyzer:
         t = timer.add("decode", t)
         detections = list(self.face_detector.detect(image))
         t = timer.add("detect", t)
-        scores = self._score(self._crops(image, detections))
+        views = self.views("image")
+        scores = self._score(self._crops(image, detections, views), views)
         timer.add("classify", t)
+        result.crop_views = views
         result.faces = [self._face(d, scores, i) for i, d in enumerate(detections)]
         verdict = aggregate.image_verdict([f.fake_probability for f in result.faces])
         if verdict is None:
@@ -351,7 +375,9 @@ class Analyzer:
     ) -> AnalysisResult:
         sampling = sampling or Sampling()
         deadline = time.monotonic() - (time.perf_counter() - timer.t0) + self.limits.time_limit
-        result = base.model_copy(update={"path": name, "media_type": "video"})
+        result = base.model_copy(
+            update={"path": name, "media_type": "video", "crop_views": self.views("video")}
+        )
         frames: list[Frame] = []
         detections: list[list[Any]] = []
         t = time.perf_counter()
@@ -427,6 +453,7 @@ class _FrameBatch:
         self.pending_pixels = 0
         self.waiting: list[tuple[tuple[int, float], list[Any]]] = []  # ((index, time), faces)
         self.crops: list[np.ndarray] = []
+        self.views = analyzer.views("video")
 
     def add(self, frame: Any) -> None:
         pixels = int(frame.image_rgb.shape[0] * frame.image_rgb.shape[1])
@@ -451,7 +478,7 @@ class _FrameBatch:
         t = self.timer.add("detect", t)
         for f, faces in zip(self.pending, dets, strict=True):
             faces = list(faces)
-            self.crops.extend(self.a._crops(f.image_rgb, faces))
+            self.crops.extend(self.a._crops(f.image_rgb, faces, self.views))
             self.waiting.append(((int(f.index), float(f.time)), faces))  # the picture is dropped
         self.timer.add("classify", t)
         self.pending, self.pending_pixels = [], 0
@@ -460,7 +487,7 @@ class _FrameBatch:
         if not self.waiting:
             return
         t = time.perf_counter()
-        scores = self.a._score(self.crops)
+        scores = self.a._score(self.crops, self.views)
         self.timer.add("classify", t)
         i = 0
         for (index, t_frame), faces in self.waiting:
@@ -535,6 +562,7 @@ def create_analyzer(
     batch_size: int = 16,
     detect_pixels: int = DETECT_PIXELS,
     threads: int | None = None,
+    multi_crop: MultiCrop = DEFAULT_MULTI_CROP,
 ) -> Analyzer:
     """Build an :class:`Analyzer` (the shipped default model when ``model`` is None)."""
     return Analyzer(
@@ -544,4 +572,5 @@ def create_analyzer(
         batch_size=batch_size,
         detect_pixels=detect_pixels,
         threads=threads,
+        multi_crop=multi_crop,
     )

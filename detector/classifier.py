@@ -153,17 +153,23 @@ class Classifier:
         """Side of the square crops the model takes."""
         return self.card.input_size
 
-    def score(self, crops: np.ndarray) -> ScoreBatch:
+    def score(self, crops: np.ndarray, views: int = 1) -> ScoreBatch:
         """Score ``[N, S, S, 3]`` uint8 RGB crops (made by :func:`detector.crops.crop_face`).
 
-        One onnxruntime call per batch of up to :data:`MAX_CHUNK` crops; ``N = 0`` returns
-        empty arrays without running the model.
+        ``views > 1``: the crops come in consecutive groups of ``views`` per face (as made by
+        :func:`detector.crops.crop_views`); each face's logit (and head logits) is the mean over
+        its group, calibrated once, so the batch holds ``N / views`` faces. One onnxruntime call
+        per batch of up to :data:`MAX_CHUNK` crops; ``N = 0`` returns empty arrays without
+        running the model.
         """
         crops = np.asarray(crops)
         s, k = self.card.input_size, len(self.card.head_names)
         if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
             raise ValueError(f"expected uint8 crops [N, {s}, {s}, 3], got {crops.dtype} {crops.shape}")
+        views = int(views)
         n = crops.shape[0]
+        if views < 1 or n % views:
+            raise ValueError(f"{n} crops cannot be split into groups of {views} views")
         logits = np.empty(n, dtype=np.float32)
         heads = np.empty((n, k), dtype=np.float32) if k else None
         for start in range(0, n, MAX_CHUNK):
@@ -173,6 +179,10 @@ class Classifier:
             logits[start : start + m] = np.asarray(out[0], dtype=np.float32).reshape(m)
             if heads is not None:
                 heads[start : start + m] = np.asarray(out[1], dtype=np.float32).reshape(m, k)
+        if views > 1:
+            logits = logits.reshape(n // views, views).mean(axis=1, dtype=np.float64).astype(np.float32)
+            if heads is not None:
+                heads = heads.reshape(n // views, views, k).mean(axis=1, dtype=np.float64).astype(np.float32)
         probabilities = np.asarray(self.card.calibration(logits), dtype=np.float64)
         head_p = None
         if heads is not None:

@@ -106,6 +106,11 @@ class AnalysisResult(BaseModel):
     label_strict: str | None = Field(default=None, description="'real'/'fake' at the strict threshold")
     model: ModelInfo | None = None
     aggregation: str | None = Field(default=None, description="rule that produced the verdict")
+    crop_views: int | None = Field(
+        default=None,
+        description="crops scored per face: 1, or 4 (the face box moved by 2% left, right, up and "
+        "down, the last two mirrored; the face's logit is their mean)",
+    )
     width: int | None = None
     height: int | None = None
     faces: list[Face] | None = Field(default=None, description="images only")

@@ -28,6 +28,8 @@ from typing import Annotated
 
 import typer
 
+from facetrust._scan import MultiCropChoice
+
 EXIT_ERROR = 2
 
 
@@ -152,6 +154,9 @@ _CardArg = Annotated[str, typer.Argument(help="dataset card name or path")]
 _RootArg = Annotated[Path, typer.Argument(help="the corpus root folder")]
 _SplitOpt = Annotated[str, typer.Option(help="train, val, test or dev")]
 _FramesOpt = Annotated[int, typer.Option(help="frames sampled per video")]
+_MultiCropFlag = Annotated[bool, typer.Option(
+    "--multi-crop", help="score each box as the mean of its 4 views (box moved 2% four ways, 2 mirrored), "
+    "as `facetrust scan` does for photos")]
 
 
 def evaluate(
@@ -162,6 +167,9 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="report folder (report.json, roc.png)")] = None,
     frames: Annotated[int, typer.Option(help="frames sampled per video")] = 32,
     limit: Annotated[int | None, typer.Option(help="at most this many items (seeded)")] = None,
+    multi_crop: Annotated[MultiCropChoice, typer.Option(
+        "--multi-crop", help="as `facetrust scan --multi-crop`: which media score each face as the "
+        "mean of 4 views")] = MultiCropChoice.images,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Frame- and video-level AUC, AP, EER, TPR@1%FPR with the detector's own pipeline."""
@@ -173,7 +181,8 @@ def evaluate(
     try:
         from training.evaluate import evaluate_main
 
-        report = evaluate_main(model, card, root, split=split, out=out, frames=frames, limit=limit)
+        report = evaluate_main(model, card, root, split=split, out=out, frames=frames, limit=limit,
+                               multi_crop=multi_crop.value)
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
     summary = {k: report[k] for k in ("model", "dataset", "counts")}
@@ -202,6 +211,7 @@ def jitter(
         help="box move as a fraction of its longer side (repeat for several; default 0.02 and 0.05)")] = None,
     limit: Annotated[int | None, typer.Option(help="at most this many items (seeded)")] = None,
     out: Annotated[Path | None, typer.Option(help="report folder (jitter.json)")] = None,
+    multi_crop: _MultiCropFlag = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """How much each face's score moves when its box moves by a few percent (shift, scale)."""
@@ -210,7 +220,8 @@ def jitter(
         from training.robustness import DEFAULT_FRACTIONS, box_stability
 
         report = box_stability(model, card, root, split=split, frames=frames, limit=limit, out=out,
-                               fractions=tuple(fraction) if fraction else DEFAULT_FRACTIONS)
+                               fractions=tuple(fraction) if fraction else DEFAULT_FRACTIONS,
+                               multi_crop=multi_crop)
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(report, indent=2))
@@ -225,6 +236,7 @@ def degrade(
     max_real: Annotated[int | None, typer.Option(help="at most this many real items (seeded); "
                                                       "every fake is kept")] = None,
     out: Annotated[Path | None, typer.Option(help="report folder (degrade.json)")] = None,
+    multi_crop: _MultiCropFlag = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Scores per label on JPEG-recompressed, lower-resolution and blurred copies (quality shortcut)."""
@@ -232,7 +244,8 @@ def degrade(
     try:
         from training.robustness import quality_shift
 
-        report = quality_shift(model, card, root, split=split, frames=frames, max_real=max_real, out=out)
+        report = quality_shift(model, card, root, split=split, frames=frames, max_real=max_real, out=out,
+                               multi_crop=multi_crop)
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(report, indent=2))

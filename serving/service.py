@@ -76,6 +76,7 @@ class Server:
             time_limit=max(s.timeout, s.job_timeout),
             temp_dir=str(self.work_dir),
             test_faults=s.test_faults,
+            multi_crop=s.multi_crop,
         )
         self.pool = WorkerPool(config, s.workers, self.metrics)
         self.pool.start()

@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -83,6 +83,11 @@ class ServeSettings(BaseSettings):
         0, ge=0, le=256, description="onnxruntime threads per worker (0: CPU cores / workers)"
     )
     model: Path | None = Field(None, description="ONNX classifier with a model card (default: shipped model)")
+    multi_crop: Literal["none", "images", "all"] = Field(
+        "images",
+        description="media whose faces are scored as the mean of 4 crops (box moved 2%, 2 mirrored) "
+        "instead of one: none, images (default) or all",
+    )
     api_keys: Annotated[tuple[tuple[str, str], ...], NoDecode] = Field(
         (), description="'id:sha256hex,...' - SHA-256 (hex) of each accepted X-API-Key, with its id"
     )

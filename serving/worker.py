@@ -36,6 +36,7 @@ class WorkerConfig:
     time_limit: float
     temp_dir: str | None = None
     test_faults: bool = False
+    multi_crop: str = "images"
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,9 @@ def worker_main(conn: Any, config: WorkerConfig) -> None:
         from detector.analyze import Limits, create_analyzer
 
         limits = Limits(max_file_bytes=config.max_file_bytes, time_limit=config.time_limit)
-        analyzer = create_analyzer(config.model, limits=limits, threads=config.threads)
+        analyzer = create_analyzer(
+            config.model, limits=limits, threads=config.threads, multi_crop=config.multi_crop  # type: ignore[arg-type]
+        )
         info = _warm_up(analyzer)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
         try:

@@ -56,7 +56,10 @@ def test_ok_image_json(tiny_model: Path, media: dict[str, Path]) -> None:
     assert len(r["faces"]) == 1 and 0.0 <= r["fake_probability"] <= 1.0
     assert r["label"] == ("fake" if r["fake_probability"] >= r["model"]["threshold_balanced"] else "real")
     assert r["aggregation"] == "max_face" and set(r["timings"]) >= {"decode", "detect", "classify", "total"}
+    assert r["crop_views"] == 4  # photos: the mean of 4 views by default
     assert code == (1 if r["label"] == "fake" else 0)
+    _, single, _ = scan_json(media["face"], "--model", tiny_model, "--multi-crop", "none")
+    assert single[0]["crop_views"] == 1 and single[0]["faces"][0]["box"] == r["faces"][0]["box"]
     strict_code, strict_out, _ = scan_json(media["face"], "--model", tiny_model, "--strict")
     assert strict_code == (1 if strict_out[0]["label_strict"] == "fake" else 0)
 

@@ -83,6 +83,7 @@ def evaluate_main(
     frames: int = 32,
     limit: int | None = None,
     holdout_methods: tuple[str, ...] = (),
+    multi_crop: str = "images",
     analyzer: Any | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -90,7 +91,8 @@ def evaluate_main(
 
     ``split``: train/val/test/dev or ``all`` (every split but ``excluded``); ``frames``:
     sampled frames per video; ``limit``: at most this many items (seeded, stratified by
-    label, for quick checks). Writes ``report.json`` and ``roc.png`` to ``out`` if given.
+    label, for quick checks); ``multi_crop``: as ``facetrust scan --multi-crop`` (ignored when
+    an ``analyzer`` is given). Writes ``report.json`` and ``roc.png`` to ``out`` if given.
     """
     from detector.analyze import create_analyzer
     from detector.video import Sampling
@@ -113,7 +115,7 @@ def evaluate_main(
             n = min(len(idx), max(1, round(limit * len(idx) / len(chosen))))
             keep += rng.choice(idx, n, replace=False).tolist() if idx else []
         chosen = [chosen[k] for k in sorted(keep)]
-    analyzer = analyzer or create_analyzer(model)
+    analyzer = analyzer or create_analyzer(model, multi_crop=multi_crop)  # type: ignore[arg-type]
     sampling = Sampling("count", frames)
     rows: list[dict[str, Any]] = []
     frame_y: list[int] = []
@@ -150,6 +152,7 @@ def evaluate_main(
         "model": {"path": str(model), "name": acard.name, "version": acard.version,
                   "threshold_balanced": acard.threshold_balanced, "threshold_strict": acard.threshold_strict},
         "dataset": {"card": dcard.name, "root": str(root), "split": split, "frames_per_video": frames},
+        "multi_crop": getattr(analyzer, "multi_crop", None),
         "counts": {
             "items": len(rows),
             "scored": len(scored),

@@ -40,9 +40,10 @@ DEFAULT_FRACTIONS = (0.02, 0.05)
 def moved_boxes(box: Sequence[float], fraction: float) -> list[tuple[float, float, float, float]]:
     """Six boxes: ``box`` shifted by ``fraction`` of its longer side left/right/up/down, and
     scaled about its centre by ``exp(+fraction)`` and ``exp(-fraction)``."""
+    from detector.crops import view_boxes
+
+    out = view_boxes(box, fraction)[1:]
     x0, y0, x1, y1 = (float(v) for v in box[:4])
-    d = fraction * max(x1 - x0, y1 - y0)
-    out = [(x0 + dx, y0 + dy, x1 + dx, y1 + dy) for dx, dy in ((-d, 0), (d, 0), (0, -d), (0, d))]
     cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
     for f in (np.exp(fraction), np.exp(-fraction)):
         out.append((cx - hw * f, cy - hh * f, cx + hw * f, cy + hh * f))
@@ -77,6 +78,24 @@ def _split_items(card: str | Path, root: str | Path, split: str) -> tuple[Any, l
     return dcard, items
 
 
+def _face_crops(
+    image: np.ndarray, boxes: Sequence[Sequence[float]], card: Any, multi_crop: bool
+) -> np.ndarray:
+    """THE crop of each box, or its :data:`detector.crops.VIEWS` crops one after the other."""
+    from detector.crops import crop_face, crop_views
+
+    m, s = card.crop_margin, card.input_size
+    if multi_crop:
+        return np.concatenate([crop_views(image, b, m, s) for b in boxes])
+    return np.stack([crop_face(image, b, m, s) for b in boxes])
+
+
+def _views(multi_crop: bool) -> int:
+    from detector.crops import VIEWS
+
+    return VIEWS if multi_crop else 1
+
+
 def _save(report: dict[str, Any], out: str | Path | None, name: str) -> dict[str, Any]:
     """Write ``report`` as ``out/name`` (when ``out`` is given) and note the file in it."""
     if out is not None:
@@ -96,17 +115,18 @@ def box_stability(
     frames: int = 4,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     limit: int | None = None,
+    multi_crop: bool = False,
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Box-jitter stability of ONNX ``model`` on ``split`` of dataset ``card`` under ``root``.
 
-    ``limit``: at most this many items (a seeded random subset). Writes ``jitter.json``
-    to ``out`` if given. Frames without a face add nothing; files that cannot be decoded are
-    listed under ``unreadable``.
+    ``limit``: at most this many items (a seeded random subset). ``multi_crop``: score every
+    box (the detector's and each moved one) as the mean of its 4 views, as ``facetrust scan``
+    does for photos. Writes ``jitter.json`` to ``out`` if given. Frames without a face add
+    nothing; files that cannot be decoded are listed under ``unreadable``.
     """
     from detector.analyze import create_analyzer
-    from detector.crops import crop_face
 
     if not fractions or any(not (0.0 < f <= 0.25) for f in fractions):
         raise ValueError("each jitter fraction must be within (0, 0.25]")
@@ -129,8 +149,8 @@ def box_stability(
         for image in _images(it.path, it.media, frames, unreadable):
             for face in analyzer.face_detector.detect(image):
                 boxes = [face.box] + [b for f in fractions for b in moved_boxes(face.box, f)]
-                crops = np.stack([crop_face(image, b, mcard.crop_margin, mcard.input_size) for b in boxes])
-                scored = analyzer.classifier.score(crops)
+                crops = _face_crops(image, boxes, mcard, multi_crop)
+                scored = analyzer.classifier.score(crops, views=_views(multi_crop))
                 base_p.append(float(scored.probabilities[0]))
                 base_l.append(float(scored.logits[0]))
                 labels.append(it.label)
@@ -143,6 +163,7 @@ def box_stability(
     report: dict[str, Any] = {
         "model": {"path": str(model), "name": mcard.name, "version": mcard.version},
         "dataset": {"card": dcard.name, "split": split, "items": len(items), "frames_per_video": frames},
+        "crop_views": _views(multi_crop),
         "unreadable": unreadable,
         "faces": len(base_p),
         "faces_by_label": {"real": labels.count(0), "fake": labels.count(1)},
@@ -185,17 +206,17 @@ def quality_shift(
     split: str = "test",
     frames: int = 4,
     max_real: int | None = None,
+    multi_crop: bool = False,
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Scores of ONNX ``model`` on ``split`` under each of :data:`DEGRADATIONS` (see module doc).
 
-    ``max_real``: at most this many real items (seeded); every fake item is kept. Writes
-    ``degrade.json`` to ``out`` if given. Files that cannot be decoded are listed under
-    ``unreadable``.
+    ``max_real``: at most this many real items (seeded); every fake item is kept.
+    ``multi_crop``: score each face as the mean of its 4 views. Writes ``degrade.json`` to
+    ``out`` if given. Files that cannot be decoded are listed under ``unreadable``.
     """
     from detector.analyze import create_analyzer
-    from detector.crops import crop_face
 
     if max_real is not None and max_real < 1:
         raise ValueError("--max-real must be >= 1")
@@ -217,8 +238,9 @@ def quality_shift(
                 continue
             copies = {"original": image} | {k: f(image) for k, f in DEGRADATIONS.items()}
             for name, pic in copies.items():
-                crops = np.stack([crop_face(pic, f.box, mcard.crop_margin, mcard.input_size) for f in faces])
-                probs[name] += analyzer.classifier.score(crops).probabilities.tolist()
+                crops = _face_crops(pic, [f.box for f in faces], mcard, multi_crop)
+                scored = analyzer.classifier.score(crops, views=_views(multi_crop))
+                probs[name] += scored.probabilities.tolist()
             labels += [it.label] * len(faces)
         if progress:
             progress(n + 1, len(items))
@@ -226,6 +248,7 @@ def quality_shift(
     report: dict[str, Any] = {
         "model": {"path": str(model), "name": mcard.name, "version": mcard.version},
         "dataset": {"card": dcard.name, "split": split, "items": len(items), "frames_per_video": frames},
+        "crop_views": _views(multi_crop),
         "unreadable": unreadable,
         "faces_by_label": {"real": int((y == 0).sum()), "fake": int((y == 1).sum())},
         "degradations": {},

@@ -14,7 +14,7 @@ import pytest
 import detector
 from detector.analyze import Analyzer, Limits, create_analyzer
 from detector.card import ModelCardError
-from detector.crops import crop_face
+from detector.crops import VIEWS, crop_face, crop_views
 from detector.faces import FaceDetector
 from detector.schema import AnalysisResult
 from detector.video import Sampling
@@ -78,13 +78,32 @@ def test_astronaut_photo_one_face_scored(analyzer: Analyzer, astronaut: np.ndarr
     assert r.model is not None and r.model.name == card.name and r.model.version == card.version
     assert set(r.timings) == {"decode", "detect", "classify", "total"}
     assert r.timings["total"] >= r.timings["detect"] > 0
-    # the score is the classifier's on THE crop (card margin and size) of the decoded image
+    # a photo's face is scored as the calibrated mean logit of the 4 views of THE crop (card
+    # margin and size) of the decoded image
     from detector.media import decode_image
 
+    assert analyzer.multi_crop == "images" and r.crop_views == VIEWS == 4
     image = decode_image(data)
-    crop = crop_face(image, face.box, card.crop_margin, card.input_size)
-    expected = analyzer.classifier.score(crop[None]).probabilities[0]
+    views = crop_views(image, face.box, card.crop_margin, card.input_size)
+    assert views.shape == (4, card.input_size, card.input_size, 3)
+    one_each = analyzer.classifier.score(views).logits
+    expected = card.calibration(np.array([one_each.astype(np.float64).mean()]))[0]
+    assert face.fake_probability == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_multi_crop_none_scores_the_single_crop(tiny_model: Path, detector_, astronaut) -> None:
+    from detector.media import decode_image
+
+    single = create_analyzer(tiny_model, face_detector=detector_, multi_crop="none")
+    data = jpeg_bytes(astronaut)
+    r = single.analyze_bytes(data, "astronaut.jpg")
+    assert r.status == "ok" and r.crop_views == 1 and r.faces is not None
+    card, face = single.card, r.faces[0]
+    crop = crop_face(decode_image(data), face.box, card.crop_margin, card.input_size)
+    expected = single.classifier.score(crop[None]).probabilities[0]
     assert face.fake_probability == pytest.approx(float(expected), abs=1e-6)
+    with pytest.raises(ValueError, match="multi_crop must be one of"):
+        create_analyzer(tiny_model, face_detector=detector_, multi_crop="some")  # type: ignore[arg-type]
 
 
 def test_path_image_and_bytes_agree(analyzer: Analyzer, astronaut: np.ndarray, tmp_path: Path) -> None:
@@ -109,9 +128,9 @@ def test_two_faces_in_one_image_are_scored_in_one_call(analyzer: Analyzer, astro
     clf = analyzer.classifier
     real = clf.score
 
-    def counting(crops: np.ndarray):
+    def counting(crops: np.ndarray, views: int = 1):
         calls.append(len(crops))
-        return real(crops)
+        return real(crops, views=views)
 
     clf.score = counting  # type: ignore[method-assign]
     try:
@@ -119,7 +138,7 @@ def test_two_faces_in_one_image_are_scored_in_one_call(analyzer: Analyzer, astro
     finally:
         del clf.score
     assert r.status == "ok" and r.faces is not None and len(r.faces) == 2
-    assert calls == [2]
+    assert calls == [2 * VIEWS]  # both faces' views in one call
     assert r.fake_probability == max(f.fake_probability for f in r.faces)
 
 
@@ -162,6 +181,7 @@ def test_one_person_video(analyzer: Analyzer, one_person: Path) -> None:
     assert r.fake_probability == pytest.approx(track.fake_probability)
     assert 0.0 <= r.fake_probability <= 1.0 and r.label == analyzer.card.label_for(r.fake_probability)
     assert r.aggregation.startswith("max_track(min_faces=3)")
+    assert r.crop_views == 1  # videos average each face over frames, not over views (default)
     assert r.video is not None and r.video.frames_sampled == 8 and r.video.sampling == "count=8"
     assert (r.video.width, r.video.height, r.width) == (640, 360, 640)
     assert r.video.fps == pytest.approx(12.0) and r.video.duration == pytest.approx(2.0, abs=0.1)
@@ -292,9 +312,9 @@ def test_video_batching_detects_by_pixel_budget_and_classifies_per_group(
         detect_sizes.append(len(images))
         return real_detect(images)
 
-    def spy_score(crops):
+    def spy_score(crops, views=1):
         score_sizes.append(len(crops))
-        return real_score(crops)
+        return real_score(crops, views=views)
 
     a.face_detector = type("Spy", (), {"detect_batch": staticmethod(spy_detect)})()
     a.classifier.score = spy_score  # type: ignore[method-assign]
@@ -312,3 +332,27 @@ def test_animated_gif_is_a_video_and_a_still_gif_an_image(analyzer: Analyzer, as
     assert len(r.frames) == 5 and len(r.tracks) == 1
     still = analyzer.analyze_bytes(mf.encode_image(small, "gif"), "still.gif")
     assert still.status == "ok" and still.media_type == "image" and len(still.faces) == 1
+
+
+def test_multi_crop_all_scores_video_faces_as_the_mean_of_their_views(
+    tiny_model: Path, detector_, one_person: Path
+) -> None:
+    every = create_analyzer(tiny_model, face_detector=detector_, multi_crop="all")
+    assert every.views("video") == every.views("image") == VIEWS
+    r = every.analyze_path(one_person, sampling=Sampling("count", 3))
+    assert r.status == "ok" and r.crop_views == VIEWS and r.frames is not None
+    frame = r.frames[0]
+    image = next(iter(_decoded_frames(one_person, frame.index)))
+    card, face = every.card, frame.faces[0]
+    logits = every.classifier.score(crop_views(image, face.box, card.crop_margin, card.input_size)).logits
+    expected = card.calibration(np.array([logits.astype(np.float64).mean()]))[0]
+    assert face.fake_probability == pytest.approx(float(expected), abs=1e-5)
+
+
+def _decoded_frames(path: Path, index: int):
+    from detector.video import iter_sampled_frames
+
+    with iter_sampled_frames(path, Sampling("count", 3)) as frames:
+        for f in frames:
+            if f.index == index:
+                yield f.image_rgb

@@ -79,6 +79,22 @@ def test_scores_are_calibrated_logits_of_the_graph(tmp_path: Path) -> None:
     assert batch.head_probabilities is None and len(batch) == 5
 
 
+def test_views_average_logits_per_face_then_calibrate(tmp_path: Path) -> None:
+    clf = Classifier(_identity_logit_model(tmp_path / "m.onnx", card=_card()), threads=1)
+    rng = np.random.default_rng(2)
+    crops = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)  # 3 faces x 4 views
+    each = clf.score(crops)
+    grouped = clf.score(crops, views=4)
+    assert len(grouped) == 3
+    mean = each.logits.astype(np.float64).reshape(3, 4).mean(axis=1)
+    np.testing.assert_allclose(grouped.logits, mean, rtol=1e-5)
+    np.testing.assert_allclose(grouped.probabilities, clf.card.calibration(mean), rtol=1e-5)
+    with pytest.raises(ValueError, match="groups of 7 views"):
+        clf.score(crops, views=7)
+    with pytest.raises(ValueError, match="groups of 0 views"):
+        clf.score(crops, views=0)
+
+
 def test_empty_batch_and_bad_crops(tiny_model: Path) -> None:
     clf = Classifier(tiny_model)
     s = clf.input_size

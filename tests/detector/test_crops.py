@@ -7,7 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.crops import crop_face, crop_window, square_box, to_crop_coords, to_model_input
+from detector.crops import (
+    VIEW_SHIFT,
+    VIEWS,
+    crop_face,
+    crop_views,
+    crop_window,
+    square_box,
+    to_crop_coords,
+    to_model_input,
+    view_boxes,
+)
 
 boxes = st.tuples(
     st.floats(-200, 800), st.floats(-200, 800), st.floats(4, 400), st.floats(4, 400)
@@ -65,3 +75,29 @@ def test_model_input_normalises_to_nchw() -> None:
     x = to_model_input(crops, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert x.shape == (2, 3, 4, 4) and x.dtype == np.float32
     assert np.allclose(x[0], -1.0) and np.allclose(x[1], 1.0)
+
+
+@given(boxes)
+@settings(max_examples=50, deadline=None)
+def test_view_boxes_move_by_the_shift_of_the_longer_side(box) -> None:
+    views = view_boxes(box)
+    assert len(views) == 5 and views[0] == pytest.approx(box)
+    d = VIEW_SHIFT * max(box[2] - box[0], box[3] - box[1])
+    moves = [(v[0] - box[0], v[1] - box[1]) for v in views[1:]]
+    assert moves == [pytest.approx(m) for m in ((-d, 0), (d, 0), (0, -d), (0, d))]
+    for v in views:  # same size, only moved
+        assert (v[2] - v[0], v[3] - v[1]) == pytest.approx((box[2] - box[0], box[3] - box[1]))
+
+
+def test_crop_views_are_the_four_moved_crops_the_vertical_ones_mirrored() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    box = (40.0, 30.0, 100.0, 95.0)
+    views = crop_views(image, box, 1.3, 24)
+    assert VIEWS == 4 and views.shape == (VIEWS, 24, 24, 3) and views.dtype == np.uint8
+    left, right, up, down = (crop_face(image, b, 1.3, 24) for b in view_boxes(box)[1:])
+    np.testing.assert_array_equal(views[0], left)
+    np.testing.assert_array_equal(views[1], right)
+    np.testing.assert_array_equal(views[2], up[:, ::-1])
+    np.testing.assert_array_equal(views[3], down[:, ::-1])
+    assert not np.array_equal(views[0], views[1])  # the moves change the crop

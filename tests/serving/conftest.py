@@ -211,7 +211,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
 
 @pytest.fixture(scope="session")
 def tight(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
-    """1 worker, no queue (a second analysis gets 503), 3 s timeout, 1 GiB workers, 3 s job TTL."""
+    """1 worker, no queue (a second analysis gets 503), 3 s timeout, 1 GiB workers, 3 s job TTL,
+    one crop per face (FACETRUST_MULTI_CROP=none)."""
     server = start_server(
         tmp_path_factory.mktemp("tight"),
         tiny_model,
@@ -222,6 +223,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
             "FACETRUST_UPLOAD_TIMEOUT": "2",
             "FACETRUST_WORKER_MEMORY_MB": "1024",
             "FACETRUST_JOB_TTL": "3",
+            "FACETRUST_MULTI_CROP": "none",
         },
     )
     yield server

@@ -145,3 +145,4 @@ def test_running_job_past_its_ttl_is_stopped(tight: LiveServer, small_face_jpeg:
     with tight.client() as c:
         r = c.post("/v1/analyze", files={"file": ("a.jpg", small_face_jpeg)})
         assert r.status_code == 200, r.text
+        assert r.json()["result"]["crop_views"] == 1  # FACETRUST_MULTI_CROP=none reaches the workers

@@ -45,6 +45,7 @@ BAD_SETTINGS = [
     ({"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_MAX_UPLOAD_BYTES": "10"}, "FACETRUST_MAX_UPLOAD_BYTES"),
     ({"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_LOG_LEVEL": "loud"}, "FACETRUST_LOG_LEVEL"),
     ({"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_MODEL": "/nonexistent.onnx"}, "model file not found"),
+    ({"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_MULTI_CROP": "some"}, "FACETRUST_MULTI_CROP"),
 ]
 
 
@@ -102,6 +103,9 @@ def test_settings_parsing(tmp_path: Path) -> None:
     assert "loopback" in format_validation_error(err.value)
     assert ServeSettings(allow_no_auth=True, host="localhost", temp_dir=tmp_path).allow_no_auth
     assert ServeSettings(allow_no_auth=True, host="::1", temp_dir=tmp_path).allow_no_auth
+    assert s.multi_crop == "images" and ServeSettings(
+        allow_no_auth=True, multi_crop="all", temp_dir=tmp_path
+    ).multi_crop == "all"
     assert is_loopback("127.0.0.2") and is_loopback("[::1]") and not is_loopback("0.0.0.0")
 
 

@@ -49,8 +49,10 @@ def test_cli_evaluate_and_errors(trained_run: Path, face_corpus: tuple[Path, Pat
     model = trained_run / "model.onnx"
     runner = CliRunner()
     res = runner.invoke(train_cli(), ["evaluate", str(model), str(card), str(root), "--split", "val",
-                                 "--limit", "4", "--frames", "2", "--out", str(tmp_path / "r")])
+                                 "--limit", "4", "--frames", "2", "--out", str(tmp_path / "r"),
+                                 "--multi-crop", "none"])
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["multi_crop"] == "none"
     summary = json.loads(res.stdout)
     assert summary["counts"]["items"] <= 4 and summary["dataset"]["split"] == "val"
     assert (tmp_path / "r" / "roc.png").is_file()

@@ -47,6 +47,13 @@ def test_box_stability_on_a_split(trained_run: Path, face_corpus: tuple[Path, Pa
         assert row["mean_abs_dlogit"] > 0.0  # a moved box is a different crop
     assert large["mean_abs_dlogit"] > small["mean_abs_dlogit"]  # bigger moves, bigger changes
     assert json.loads((tmp_path / "j" / "jitter.json").read_text())["faces"] == report["faces"]
+    assert report["crop_views"] == 1
+    views = box_stability(trained_run / "model.onnx", card, root, split="test", frames=2,
+                          fractions=(0.02, 0.1), multi_crop=True)
+    assert views["crop_views"] == 4 and views["faces"] == report["faces"]
+    assert views["fractions"]["0.1"]["mean_abs_dlogit"] > 0.0
+    # the same faces, scored as the mean of 4 views: a different score than one crop
+    assert views["fractions"] != report["fractions"]
 
 
 def test_cli_jitter_and_errors(trained_run: Path, face_corpus: tuple[Path, Path]) -> None:
@@ -54,10 +61,11 @@ def test_cli_jitter_and_errors(trained_run: Path, face_corpus: tuple[Path, Path]
     model = str(trained_run / "model.onnx")
     runner = CliRunner()
     res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--split", "test",
-                                      "--limit", "3", "--frames", "1", "--fraction", "0.05"])
+                                      "--limit", "3", "--frames", "1", "--fraction", "0.05", "--multi-crop"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert report["dataset"]["items"] == 3 and list(report["fractions"]) == ["0.05"]
+    assert report["crop_views"] == 4
     res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--fraction", "0.9"])
     assert res.exit_code == 2 and "fraction" in res.output
     res = runner.invoke(train_cli(), ["jitter", model, str(card), str(root), "--split", "all"])
@@ -90,7 +98,10 @@ def test_quality_shift_on_a_split(trained_run: Path, face_corpus: tuple[Path, Pa
                 assert 0.0 <= row[key]["mean_probability"] <= 1.0
                 assert row[key]["above_strict"] <= row[key]["above_balanced"]
     saved = json.loads((tmp_path / "q" / "degrade.json").read_text())
-    assert saved["degradations"] == report["degradations"]
+    assert saved["degradations"] == report["degradations"] and report["crop_views"] == 1
+    views = quality_shift(trained_run / "model.onnx", card, root, split="test", frames=2, max_real=2,
+                          multi_crop=True)
+    assert views["crop_views"] == 4 and views["faces_by_label"] == report["faces_by_label"]
 
 
 def test_cli_degrade_and_errors(trained_run: Path, face_corpus: tuple[Path, Path]) -> None:
