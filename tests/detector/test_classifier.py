@@ -163,6 +163,12 @@ def test_model_with_heads_reports_head_probabilities(tmp_path: Path) -> None:
     assert batch.head_probabilities is not None and batch.head_probabilities.shape == (3, 2)
     np.testing.assert_allclose(batch.head_probabilities[:, 0], batch.probabilities, rtol=1e-6)
     np.testing.assert_allclose(batch.head_probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    # views: head logits are averaged per face like the main logit
+    two = np.stack([np.full((size, size, 3), v, np.uint8) for v in (10, 200, 40, 90, 250, 0, 120, 60)])
+    grouped, each = clf.score(two, views=2), clf.score(two)
+    assert grouped.head_probabilities is not None and grouped.head_probabilities.shape == (4, 2)
+    mean_head = each.logits.astype(np.float64).reshape(4, 2).mean(axis=1)
+    np.testing.assert_allclose(grouped.head_probabilities[:, 0], 1 / (1 + np.exp(-mean_head)), rtol=1e-5)
     wrong = ModelCard(**{**card.__dict__, "head_names": ("a", "b", "c")})
     model.metadata_props[0].value = wrong.to_json()
     onnx.save(model, str(path))
