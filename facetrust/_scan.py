@@ -62,17 +62,21 @@ def _sampling(frames: int | None, fps: float | None, all_frames: bool):
         raise typer.BadParameter(
             f"choose only one of --frames, --fps, --all-frames (got {', '.join(chosen)})"
         )
-    if frames is not None:
-        if frames < 1:
-            raise typer.BadParameter("--frames must be >= 1")
-        return Sampling("count", frames)
-    if fps is not None:
-        if not fps > 0:
-            raise typer.BadParameter("--fps must be > 0")
-        return Sampling("fps", fps)
-    if all_frames:
-        return Sampling("all", 0)
-    return Sampling()
+    try:
+        if frames is not None:
+            if frames < 1:
+                raise typer.BadParameter("--frames must be >= 1")
+            return Sampling("count", frames)
+        if fps is not None:
+            if not fps > 0:
+                raise typer.BadParameter("--fps must be > 0")
+            return Sampling("fps", fps)
+        if all_frames:
+            return Sampling("all", 0)
+        return Sampling()
+    except ValueError as exc:  # Sampling's own bounds (finite, at most 1000 fps / 1e6 frames)
+        option = "--frames" if frames is not None else "--fps"
+        raise typer.BadParameter(f"{option}: {exc}") from None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -82,18 +86,35 @@ def _fail(message: str) -> typer.Exit:
 
 def _print_table(results: list[Any], strict: bool) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 200))
+    console.print(results_table(results, strict))
+    if results and results[0].model is not None:
+        m = results[0].model
+        threshold = m.threshold_strict if strict else m.threshold_balanced
+        console.print(
+            f"model {m.name} {m.version}, {'strict' if strict else 'balanced'} threshold {threshold:.3f}",
+            markup=False,
+            highlight=False,
+        )
+
+
+def results_table(results: list[Any], strict: bool = False) -> Any:
+    """The scan table (a ``rich.table.Table``): one row per file, one per video track."""
+    from rich.table import Table
+    from rich.text import Text
+
+    # File names are printed as given (Text, never console markup). On a narrow terminal the
+    # SHA-256 folds onto several lines before the verdict columns shrink.
     table = Table(show_lines=False)
-    table.add_column("file", overflow="fold")
-    table.add_column("status")
-    table.add_column("verdict")
-    table.add_column("probability", justify="right")
-    table.add_column("faces", justify="right")
-    table.add_column("SHA-256", no_wrap=True, min_width=64)
+    table.add_column("file", overflow="fold", min_width=12, ratio=1)
+    table.add_column("status", no_wrap=True, min_width=6)
+    table.add_column("verdict", no_wrap=True, min_width=7)
+    table.add_column("p(fake)", justify="right", no_wrap=True, min_width=7)
+    table.add_column("faces", justify="right", no_wrap=True, min_width=5)
+    table.add_column("SHA-256", overflow="fold", min_width=16, max_width=64)
     key = "label_strict" if strict else "label"
     for r in results:
         verdict = getattr(r, key) or "-"
@@ -105,27 +126,23 @@ def _print_table(results: list[Any], strict: bool) -> None:
             n_faces = str(sum(len(f.faces) for f in r.frames))
         else:
             n_faces = "-"
-        table.add_row(r.path, r.status, f"[{style}]{verdict}[/]", prob, n_faces, r.sha256 or "-")
+        table.add_row(
+            Text(r.path), Text(r.status), Text(verdict, style=style), prob, n_faces, r.sha256 or "-"
+        )
         if r.error:
-            table.add_row(f"  [dim]{r.error}[/]", "", "", "", "", "")
+            table.add_row(Text(f"  {r.error}", style="dim"), "", "", "", "", "")
         for tr in r.tracks or []:
             label = tr.label_strict if strict else tr.label
             table.add_row(
                 f"  track {tr.id}: {len(tr.frames)} face{'' if len(tr.frames) == 1 else 's'}, "
                 f"{tr.first_time:.2f}-{tr.last_time:.2f} s",
                 "",
-                label,
+                Text(label or "-"),
                 f"{tr.fake_probability:.3f}",
                 str(len(tr.frames)),
                 "",
             )
-    console.print(table)
-    if results and results[0].model is not None:
-        m = results[0].model
-        threshold = m.threshold_strict if strict else m.threshold_balanced
-        console.print(
-            f"model {m.name} {m.version}, {'strict' if strict else 'balanced'} threshold {threshold:.3f}"
-        )
+    return table
 
 
 def register(app: typer.Typer) -> None:
@@ -224,6 +241,7 @@ def register(app: typer.Typer) -> None:
 def _analyze_all(analyzer: Any, files: list[Path], sampling: Any) -> list[Any]:
     """Analyse ``files`` in order with a progress bar on stderr (only when it is a terminal)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err = Console(stderr=True)
@@ -239,7 +257,7 @@ def _analyze_all(analyzer: Any, files: list[Path], sampling: Any) -> list[Any]:
     ) as bar:
         overall = bar.add_task("files", total=len(files))
         for path in files:
-            task = bar.add_task(f"  {path.name[:40]}", total=None)
+            task = bar.add_task(f"  {escape(path.name[:40])}", total=None)
 
             def progress(done: int, total: int, task: Any = task) -> None:
                 bar.update(task, completed=done, total=total)

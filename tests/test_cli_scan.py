@@ -157,6 +157,54 @@ def test_bad_model_and_flags_exit_2_with_a_message(tmp_path: Path, media: dict[s
     assert proc.returncode == 2 and "--fps must be > 0" in proc.stderr
 
 
+def test_out_of_range_sampling_exits_2_with_a_message(media: dict[str, Path]) -> None:
+    for args in (("--fps", "inf"), ("--fps", "1001"), ("--frames", "1000001")):
+        proc = scan("--json", media["face"], *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.startswith("error: " + args[0]) and "Traceback" not in proc.stderr
+        assert proc.stdout == ""
+
+
+def test_table_prints_file_names_as_given(tiny_model: Path, media: dict[str, Path], tmp_path: Path) -> None:
+    """Brackets in names are not console markup: the table shows the literal path."""
+    names = [
+        tmp_path / "trip [old]" / "photo [edited].jpg",
+        tmp_path / "[red]secret.jpg",
+        tmp_path / "ev[/x].jpg",
+    ]
+    for name in names:  # the last is "x].jpg" in folder "ev[": "[/x]" reads as a closing tag
+        name.parent.mkdir(exist_ok=True)
+        name.write_bytes(media["face"].read_bytes())
+    code, out, _ = scan_json(*names, "--model", tiny_model)
+    assert [r["path"] for r in out] == [str(n) for n in names]
+    table = scan(*names, "--model", tiny_model)
+    assert table.returncode == code and "Traceback" not in table.stderr, table.stderr
+    for name in names:
+        assert str(name) in table.stdout
+
+
+def test_table_keeps_verdict_columns_on_a_narrow_terminal(tiny_model: Path, media: dict[str, Path]) -> None:
+    import io
+
+    from rich.console import Console
+
+    from detector.schema import AnalysisResult
+    from facetrust._scan import results_table
+
+    _, out, _ = scan_json(media["face"], media["noface"], "--model", tiny_model)
+    results = [AnalysisResult.model_validate(r) for r in out]
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    console.print(results_table(results))
+    text = console.file.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for column in ("status", "verdict", "p(fake)", "faces"):
+        assert column in text
+    assert f"{out[0]['fake_probability']:.3f}" in text and out[0]["label"] in text
+    assert "no_face" in text
+    cells = "".join(line.rsplit("│", 2)[-2].strip() for line in text.splitlines() if line.count("│") >= 7)
+    assert out[0]["sha256"] in cells and out[1]["sha256"] in cells  # folded, not cut
+
+
 def test_scan_path_never_imports_torch(tiny_model: Path, media: dict[str, Path]) -> None:
     code = (
         "import sys\n"
