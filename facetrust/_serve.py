@@ -1,8 +1,9 @@
 """`facetrust serve`: the HTTP service (uvicorn + FastAPI, no torch), and `facetrust api-key`.
 
 Settings come from ``FACETRUST_*`` environment variables (see ``serving/settings.py``);
-the flags below override them. Invalid settings or an unusable model stop the command
-with a clear message and exit status 2, before anything listens.
+the flags below override them. Invalid settings, an unusable model or an address that
+cannot be listened on (unknown host, port in use) stop the command with a clear message and
+exit status 2, before anything listens.
 """
 
 from __future__ import annotations
@@ -34,6 +35,27 @@ def _log_config(level: str) -> dict[str, Any]:
         "propagate": False,
     }
     return config
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (unknown host, port in use, ...), else ``None``.
+
+    Checked before the workers start, so such a mistake exits 2 like any other bad setting.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve host {host!r}: {getattr(exc, 'strerror', None) or exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def serve(
@@ -76,6 +98,10 @@ def serve(
     except ValidationError as exc:
         typer.echo(format_validation_error(exc), err=True)
         raise typer.Exit(EXIT_BAD_CONFIG) from None
+    problem = bind_problem(settings.host, settings.port)
+    if problem:
+        typer.echo(f"cannot serve: {problem}", err=True)
+        raise typer.Exit(EXIT_BAD_CONFIG)
     import uvicorn
 
     from serving.app import create_app
@@ -107,15 +133,15 @@ def api_key(
 ) -> None:
     """Make a new API key: prints the key (give it to the client) and the FACETRUST_API_KEYS entry."""
     from serving.auth import hash_key, new_key
-    from serving.settings import parse_api_keys
+    from serving.settings import check_key_id
 
+    try:
+        check_key_id(key_id)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_CONFIG) from None
     key = new_key()
     entry = f"{key_id}:{hash_key(key)}"
-    try:
-        parse_api_keys(entry)
-    except ValueError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(EXIT_BAD_CONFIG) from None
     typer.echo(f"key (send as X-API-Key; shown once): {key}")
     typer.echo(f"server entry (append to FACETRUST_API_KEYS, comma-separated): {entry}")
 

@@ -39,6 +39,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_key_id(key_id: str) -> str:
+    """``key_id`` unchanged if it can name an API key, else ``ValueError`` saying why."""
+    if not _KEY_ID.match(key_id):
+        raise ValueError(
+            f"api key id {key_id[:70]!r} must be 1 to 64 letters, digits, '_', '.', '@' or '-'"
+        )
+    return key_id
+
+
 def parse_api_keys(text: str) -> tuple[tuple[str, str], ...]:
     """Parse ``"id:sha256hex,id2:sha256hex"`` into ``((id, hex), ...)``; raises ``ValueError``."""
     entries: list[tuple[str, str]] = []

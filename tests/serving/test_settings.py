@@ -91,7 +91,23 @@ def test_api_key_command_makes_a_usable_entry() -> None:
     key = out.stdout.split("shown once): ")[1].split()[0]
     entry = out.stdout.split("comma-separated): ")[1].split()[0]
     assert parse_api_keys(entry) == (("carol", hash_key(key)),)
-    assert run_cli(["api-key", "bad id!"], {}).returncode == 2
+    for bad in ("bad id!", "a:b"):
+        out = run_cli(["api-key", bad], {})
+        assert out.returncode == 2 and out.stderr.startswith("error: api key id "), out.stderr
+        assert "SHA-256" not in out.stderr and out.stdout == ""
+
+
+def test_port_in_use_exits_2_before_workers_start(tiny_model: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["serve", "--model", str(tiny_model), "--port", str(port)]
+        out = run_cli(args, {"FACETRUST_ALLOW_NO_AUTH": "1"})
+    assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "Started server process" not in out.stderr
 
 
 def test_settings_parsing(tmp_path: Path) -> None:
