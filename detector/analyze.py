@@ -24,7 +24,7 @@ from detector import aggregate
 from detector._prefetch import Prefetch
 from detector.card import ModelCard
 from detector.classifier import Classifier, ScoreBatch, resolve_model_path
-from detector.crops import VIEWS, crop_face, crop_views
+from detector.crops import VIEWS, crop_boxes
 from detector.media import (
     SNIFF_BYTES,
     MediaError,
@@ -300,18 +300,16 @@ class Analyzer:
         wanted = {"all": True, "images": media_type == "image", "none": False}[self.multi_crop]
         return VIEWS if wanted else 1
 
-    def _crops(self, image: np.ndarray, faces: Sequence[Any], views: int) -> list[np.ndarray]:
-        """THE crop (:func:`crop_face` with the card's margin and size) of each face, or its
-        ``views`` crops (:func:`crop_views`) one after the other."""
-        card = self.card
-        if views == 1:
-            return [crop_face(image, f.box, card.crop_margin, card.input_size) for f in faces]
-        return [c for f in faces for c in crop_views(image, f.box, card.crop_margin, card.input_size)]
+    def _crops(self, image: np.ndarray, faces: Sequence[Any], views: int) -> np.ndarray:
+        """THE crop (card's margin and size) of each face, or its ``views`` crops
+        (:func:`detector.crops.crop_boxes`)."""
+        return crop_boxes(image, [f.box for f in faces], self.card.crop_margin, self.card.input_size, views)
 
     def _score(self, crops: Sequence[np.ndarray], views: int) -> ScoreBatch:
-        """One classifier call for all ``crops`` (chunked by the classifier if very many)."""
+        """One classifier call for all ``crops``: arrays of :meth:`_crops` (chunked by the
+        classifier if very many)."""
         s = self.card.input_size
-        stack = np.stack(crops) if len(crops) else np.zeros((0, s, s, 3), np.uint8)
+        stack = np.concatenate(crops) if len(crops) else np.zeros((0, s, s, 3), np.uint8)
         return self.classifier.score(stack, views=views)
 
     def _face(self, det: Any, scores: ScoreBatch, i: int, track_id: int | None = None) -> Face:
@@ -351,7 +349,7 @@ class Analyzer:
         detections = list(self.face_detector.detect(image))
         t = timer.add("detect", t)
         views = self.views("image")
-        scores = self._score(self._crops(image, detections, views), views)
+        scores = self._score([self._crops(image, detections, views)], views)
         timer.add("classify", t)
         result.crop_views = views
         result.faces = [self._face(d, scores, i) for i, d in enumerate(detections)]
@@ -452,7 +450,7 @@ class _FrameBatch:
         self.pending: list[Any] = []  # decoded, awaiting detection
         self.pending_pixels = 0
         self.waiting: list[tuple[tuple[int, float], list[Any]]] = []  # ((index, time), faces)
-        self.crops: list[np.ndarray] = []
+        self.crops: list[np.ndarray] = []  # one [faces * views, S, S, 3] array per frame
         self.views = analyzer.views("video")
 
     def add(self, frame: Any) -> None:
@@ -478,7 +476,7 @@ class _FrameBatch:
         t = self.timer.add("detect", t)
         for f, faces in zip(self.pending, dets, strict=True):
             faces = list(faces)
-            self.crops.extend(self.a._crops(f.image_rgb, faces, self.views))
+            self.crops.append(self.a._crops(f.image_rgb, faces, self.views))
             self.waiting.append(((int(f.index), float(f.time)), faces))  # the picture is dropped
         self.timer.add("classify", t)
         self.pending, self.pending_pixels = [], 0

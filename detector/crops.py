@@ -98,6 +98,21 @@ def crop_views(
     return np.ascontiguousarray(np.stack(crops))
 
 
+def crop_boxes(
+    image: np.ndarray, boxes: Sequence[Sequence[float]], margin: float, size: int, views: int = 1
+) -> np.ndarray:
+    """THE crop of each box (``views == 1``) or its :data:`VIEWS` crops (:func:`crop_views`) one
+    after the other: ``[len(boxes) * views, size, size, 3]`` uint8, what
+    :meth:`detector.classifier.Classifier.score` takes with the same ``views``."""
+    if views not in (1, VIEWS):
+        raise ValueError(f"views must be 1 or {VIEWS}, not {views}")
+    if not len(boxes):
+        return np.zeros((0, size, size, 3), np.uint8)
+    if views == 1:
+        return np.stack([crop_face(image, b, margin, size) for b in boxes])
+    return np.concatenate([crop_views(image, b, margin, size) for b in boxes])
+
+
 def to_model_input(crops: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``[N, S, S, 3]`` uint8 RGB crops -> ``[N, 3, S, S]`` float32, normalised."""
     x = crops.astype(np.float32) * (1.0 / 255.0)

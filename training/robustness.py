@@ -82,12 +82,9 @@ def _face_crops(
     image: np.ndarray, boxes: Sequence[Sequence[float]], card: Any, multi_crop: bool
 ) -> np.ndarray:
     """THE crop of each box, or its :data:`detector.crops.VIEWS` crops one after the other."""
-    from detector.crops import crop_face, crop_views
+    from detector.crops import crop_boxes
 
-    m, s = card.crop_margin, card.input_size
-    if multi_crop:
-        return np.concatenate([crop_views(image, b, m, s) for b in boxes])
-    return np.stack([crop_face(image, b, m, s) for b in boxes])
+    return crop_boxes(image, boxes, card.crop_margin, card.input_size, _views(multi_crop))
 
 
 def _views(multi_crop: bool) -> int:

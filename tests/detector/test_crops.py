@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from detector.crops import (
     VIEW_SHIFT,
     VIEWS,
+    crop_boxes,
     crop_face,
     crop_views,
     crop_window,
@@ -101,3 +102,20 @@ def test_crop_views_are_the_four_moved_crops_the_vertical_ones_mirrored() -> Non
     np.testing.assert_array_equal(views[2], up[:, ::-1])
     np.testing.assert_array_equal(views[3], down[:, ::-1])
     assert not np.array_equal(views[0], views[1])  # the moves change the crop
+
+
+def test_crop_boxes_stacks_one_crop_or_the_views_of_each_box() -> None:
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    boxes = [(40.0, 30.0, 100.0, 95.0), (5.0, 10.0, 50.0, 60.0)]
+    one = crop_boxes(image, boxes, 1.3, 24)
+    assert one.shape == (2, 24, 24, 3) and one.dtype == np.uint8
+    for crop, box in zip(one, boxes, strict=True):
+        np.testing.assert_array_equal(crop, crop_face(image, box, 1.3, 24))
+    four = crop_boxes(image, boxes, 1.3, 24, VIEWS)
+    assert four.shape == (2 * VIEWS, 24, 24, 3)
+    for k, box in enumerate(boxes):
+        np.testing.assert_array_equal(four[k * VIEWS : (k + 1) * VIEWS], crop_views(image, box, 1.3, 24))
+    assert crop_boxes(image, [], 1.3, 24, VIEWS).shape == (0, 24, 24, 3)
+    with pytest.raises(ValueError, match="views must be 1 or 4"):
+        crop_boxes(image, boxes, 1.3, 24, 3)
