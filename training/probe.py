@@ -155,7 +155,10 @@ def extract_features(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.probe``: write the held-out-method probe report as JSON."""
+    """``python -m training.probe``: write the held-out-method probe report as JSON.
+
+    Returns 0, or 2 with ``error: ...`` on stderr for a bad config, weights file or method.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="training config (its data sources and model)")
     parser.add_argument("--weights", default="imagenet-package",
@@ -166,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="inverse L2 strength of the probe (default 0.003)")
     parser.add_argument("--out", type=Path, required=True, help="report JSON path")
     args = parser.parse_args(argv)
-    feats = extract_features(args.config, args.weights, photos=args.photos)
+    try:
+        feats = extract_features(args.config, args.weights, photos=args.photos)
+        held_out = held_out_probe(
+            feats["features"], feats["labels"], feats["methods"], feats["groups"], feats["video_real"],
+            args.held_out, c=args.c,
+        )  # fmt: skip
+    except (OSError, ValueError, RuntimeError) as exc:  # ConfigError and ModelError are ValueErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     report = {
         "config": str(args.config),
         "weights": args.weights,
@@ -175,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_real": int((feats["labels"] == 0).sum()),
         "n_video_real": int(feats["video_real"].sum()),
         "c": args.c,
-        "held_out": held_out_probe(
-            feats["features"], feats["labels"], feats["methods"], feats["groups"], feats["video_real"],
-            args.held_out, c=args.c,
-        ),
+        "held_out": held_out,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.training.conftest import tiny_config
-from training.probe import extract_features, held_out_probe
+from training.probe import extract_features, held_out_probe, main
 
 
 def _features(seed: int = 0) -> dict[str, np.ndarray]:
@@ -81,3 +81,19 @@ def test_extract_features_on_prepared_crops(
     out = held_out_probe(args[0], args[1], methods, args[3], args[4], ["sbi_photo", "sbi_other"], folds=3)
     for res in out.values():
         assert 0.0 <= res["vs_all_reals"]["auc"] <= 1.0 and res["n_fake"] > 0
+
+
+def test_cli_refuses_a_bad_config_or_method(
+    prepared_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], torch_one_thread: None
+) -> None:
+    out = tmp_path / "probe.json"
+    assert main([str(tmp_path / "absent.yaml"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    cfg = tiny_config(prepared_corpus, tmp_path / "run")
+    config.write_text(yaml.safe_dump({"data": [{"path": str(prepared_corpus)}], "model": cfg.model,
+                                      "pretrained": cfg.pretrained, "input_size": cfg.input_size}))
+    assert main([str(config), "--held-out", "nosuch", "--out", str(out)]) == 2
+    assert "no labelled fakes of method 'nosuch'" in capsys.readouterr().err and not out.exists()
