@@ -69,7 +69,9 @@ def prepare(
     role: Annotated[str, typer.Option(help="train, dev or all: which files of the card")] = "train",
     holdout: Annotated[list[str] | None, typer.Option(help="method to hold out (repeatable)")] = None,
     dense_landmarks: Annotated[bool, typer.Option(help="68-point landmarks with dlib")] = True,
-    detector_min_face: Annotated[int | None, typer.Option(help="detector min face size")] = None,
+    detector_min_face: Annotated[int | None, typer.Option(
+        help="face size (px) the detector looks from; default: --min-face, as serving looks from the "
+        "model card's min_face_size (another value moves boxes off serving's)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Detect, align and crop every face of a dataset into a prepared folder for training."""

@@ -5,9 +5,10 @@ For each media file a dataset card lists (:func:`training.cards.list_items`):
 1. decode it exactly as serving does: images with :func:`detector.media.decode_image`,
    videos (and animated GIFs) with :func:`detector.video.iter_sampled_frames`, ``frames``
    evenly spaced frames (``Sampling("count", frames)``);
-2. detect faces with serving's own detector (:class:`detector.faces.FaceDetector` with its
-   default settings, so the boxes are serving's boxes), then keep faces with
-   ``score >= min_score`` and a box side ``>= min_face`` pixels. Real-labelled media keep
+2. detect faces with serving's own detector (:class:`detector.faces.FaceDetector`, looking
+   for faces from ``min_face`` pixels as serving looks from the card's ``min_face_size``,
+   which training sets to the same ``min_face``: the boxes are serving's boxes), then keep
+   faces with ``score >= min_score`` and a box side ``>= min_face`` pixels. Real-labelled media keep
    every such face. **Fake-labelled media keep only the largest face of each frame**: in a
    face swap or a talking-head video the manipulated face is the main one, while bystanders
    (or the other people of a multi-face picture) are often untouched, and labelling them fake
@@ -96,7 +97,7 @@ class PrepareSettings:
         if self.role not in (None, "train", "dev"):
             raise PrepareError("role must be train, dev or None (both)")
         if self.detector_min_face is not None and self.detector_min_face < 1:
-            raise PrepareError("detector_min_face must be >= 1 pixel (or None for serving's default)")
+            raise PrepareError("detector_min_face must be >= 1 pixel (or None: from min_face, as serving)")
 
 
 @dataclass
@@ -137,7 +138,11 @@ _STATE: dict[str, Any] = {}
 
 
 def _detector_kwargs(s: PrepareSettings) -> dict[str, Any]:
-    return {} if s.detector_min_face is None else {"min_face_size": int(s.detector_min_face)}
+    """The face detector's settings: it looks for faces from ``min_face`` pixels, as serving
+    looks from the card's ``min_face_size`` (the trained model's ``min_face``), unless
+    ``detector_min_face`` says otherwise."""
+    size = s.min_face if s.detector_min_face is None else s.detector_min_face
+    return {"min_face_size": int(size)}
 
 
 def _init_worker(threads: int, dense: bool, detector_kwargs: dict[str, Any]) -> None:
@@ -357,9 +362,9 @@ def prepare_main(
     ``role``: ``"train"`` (default) prepares the training-role files (all their splits),
     ``"dev"`` only the dev-role files, ``None`` both. ``limit``: at most that many media files
     (a fixed pseudo-random subset, for quick checks). ``detector_min_face``: ``None`` runs the
-    detector with serving's settings (boxes identical to serving's); a larger value such as
-    ``min_face`` skips the small pyramid levels, about halving detection time on 1080p frames,
-    but the boxes are then no longer bit-identical to serving's. ``retry_failed``: redo files
+    detector as serving runs it for the model trained on these crops (looking for faces from
+    ``min_face`` pixels, the card's ``min_face_size``: boxes identical to serving's); another
+    value gives boxes a few pixels off serving's (the pyramid levels differ). ``retry_failed``: redo files
     that failed in an earlier run (otherwise they stay failed). See the module docstring.
     """
     t_start = time.perf_counter()

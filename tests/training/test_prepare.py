@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from detector.crops import crop_face
+from detector.faces import create_face_detector
+from detector.media import decode_image
 from tests.detector.media_factory import write_video
 from training.prepare import INDEX, PrepareError, prepare_main
 from training.prepared import PreparedError, PreparedIndex, landmarks
@@ -96,7 +98,8 @@ def test_index_and_crops(prepared: tuple[Path, dict], tree: Path) -> None:
         assert landmarks(r, 68) is not None  # dlib is installed: every face got 68 points
     assert meta["counts"]["crops"] == len(recs) == 8
     assert meta["settings"]["margin"] == MARGIN and meta["size"] == SIZE
-    assert meta["detector"]["min_face_size"] == 20  # serving's default detector settings
+    # the detector looks from min_face, as serving looks from the card's min_face_size
+    assert meta["detector"]["min_face_size"] == meta["settings"]["min_face"] == 40
 
 
 def test_failures_are_logged_and_counted(prepared: tuple[Path, dict]) -> None:
@@ -162,6 +165,11 @@ def test_reader_gives_serving_crops(prepared: tuple[Path, dict], tree: Path, ast
     assert np.abs(served - trained).mean() < 6.0
     (dx, dy), _ = cv2.phaseCorrelate(served.mean(axis=2), trained.mean(axis=2))
     assert np.hypot(dx, dy) < 1.0
+    # the stored box is the one serving finds for a model trained on these crops (its card's
+    # min_face_size is prepare's min_face, 40)
+    detector = create_face_detector(min_face_size=40, threads=1)
+    (face,) = detector.detect(decode_image((tree / "real/astro/photo.jpg").read_bytes()))
+    assert np.allclose(face.box, rec["image_box"], atol=0.01)
     with pytest.raises(PreparedError):
         index.load_crop({**rec, "file": "crops/none.jpg"})
     with pytest.raises(PreparedError, match="not a prepared folder"):
