@@ -272,7 +272,10 @@ class Analyzer:
         if not path.is_file():
             raise MediaError(Status.unreadable, f"not a readable file: {path}")
         base.size_bytes = self._check_size(path.stat().st_size)
-        base.sha256 = sha256_file(path)
+        try:
+            base.sha256 = sha256_file(path)
+        except OSError as exc:  # permission denied, I/O error: no content, no hash
+            raise MediaError(Status.unreadable, f"cannot read {path}: {exc.strerror or exc}") from exc
 
     def _failed(self, base: AnalysisResult, exc: BaseException, timer: _Timer) -> AnalysisResult:
         if isinstance(exc, MediaError):
@@ -413,7 +416,12 @@ class Analyzer:
                 frames_decoded=int(sampled.frames_decoded),
                 frames_sampled=len(frames),
                 sampling=sampling.describe(),
+                truncated=bool(sampled.truncated),
+                decode_errors=int(sampled.decode_errors),
+                frames_damaged=int(sampled.frames_damaged),
+                frames_skipped=int(sampled.frames_skipped),
             )
+            result.warnings = stream_warnings(result.video, frames[-1].time if frames else None)
         result.width, result.height = result.video.width, result.video.height
         if time.monotonic() > deadline:
             raise _Timeout(f"analysis exceeded the {self.limits.time_limit:g} s time limit")
@@ -501,6 +509,25 @@ class _FrameBatch:
             )
             self.detections.append(faces)
         self.waiting, self.crops = [], []
+
+
+def stream_warnings(video: VideoInfo, last_time: float | None) -> list[str]:
+    """Warnings for a video whose stream was cut off or damaged (the verdict covers less of it).
+
+    ``last_time``: the time of the last analysed frame (None when none was).
+    """
+    out = []
+    if video.decode_errors or video.frames_damaged:
+        out.append(
+            f"damaged video data: the decoder rejected {video.decode_errors} packet(s); "
+            f"{video.frames_damaged} frame(s) lost or built on damaged data were not analysed "
+            f"({video.frames_skipped} of them sampled)"
+        )
+    if video.truncated:
+        at = "" if video.duration is None else f" at {video.duration:.2f} s"
+        upto = "" if last_time is None else f": frames analysed up to {last_time:.2f} s"
+        out.append(f"the video stream breaks off{at} (cut or corrupt file){upto}")
+    return out
 
 
 def _tracks(frames: Sequence[Frame], card: ModelCard) -> list[Track]:

@@ -86,6 +86,16 @@ class VideoInfo(BaseModel):
     frames_decoded: int = 0
     frames_sampled: int = 0
     sampling: str = ""
+    truncated: bool = Field(
+        default=False, description="the stream ended early or broke off: later frames were not analysed"
+    )
+    decode_errors: int = Field(default=0, description="packets the video decoder rejected (damaged data)")
+    frames_damaged: int = Field(
+        default=0,
+        description="frames lost to rejected packets or decoded from damaged data (after such a packet, "
+        "before the next keyframe): never analysed",
+    )
+    frames_skipped: int = Field(default=0, description="frames the sampling asked for that were damaged")
 
 
 class AnalysisResult(BaseModel):
@@ -117,6 +127,11 @@ class AnalysisResult(BaseModel):
     frames: list[Frame] | None = Field(default=None, description="videos only")
     tracks: list[Track] | None = Field(default=None, description="videos only")
     video: VideoInfo | None = None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what limits this verdict although the status is ok (e.g. a damaged or cut-off "
+        "video whose verdict covers only the frames that decoded)",
+    )
     timings: dict[str, float] = Field(
         default_factory=dict,
         description="seconds per stage: decode (videos: waiting for frames decoded in the background), "

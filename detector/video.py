@@ -24,15 +24,26 @@ Conventions (what the analyzer and the JSON report rely on):
   frames than that and the last requested indices never come, the last decoded
   frame is returned in their place (once), so the end of the video is covered;
   fewer than N frames come back and :attr:`SampledFrames.truncated` is set.
-- **truncated or corrupt streams**: decoding stops at the first error; the frames
-  decoded until then are kept and :attr:`SampledFrames.truncated` is True (also set
-  when the header promises >10% more frames than the file holds). A stream that
-  yields no frame at all raises ``MediaError('unreadable')``; an MP4 cut before its
-  index cannot be opened: ``unreadable``.
-- **caps** (:class:`VideoLimits`) are checked on the header *and* on the stream
-  itself (packet count and last timestamp from the demux pass, then every decoded
-  frame's size and time, and the number of sampled frames): exceeding any raises
-  ``MediaError('too_large')``. A ``deadline`` (``time.monotonic()`` value) raises
+- **damaged streams**: a packet the decoder rejects is counted
+  (:attr:`SampledFrames.decode_errors`) and decoding goes on, but every frame decoded
+  after it is *damaged* (built on a broken reference) and is neither sampled nor
+  scored until the next keyframe decodes (:attr:`SampledFrames.frames_damaged`; a
+  wanted frame among them is skipped, :attr:`SampledFrames.frames_skipped`). After
+  :data:`MAX_DECODE_ERRORS` rejected packets decoding stops.
+- **truncated streams**: when the demuxer breaks off (a cut file), or the decoder
+  gives up, the frames decoded until then are kept and
+  :attr:`SampledFrames.truncated` is True (also set when the header promises >10%
+  more frames than the file holds). A stream that yields no usable frame at all
+  raises ``MediaError('unreadable')``; an MP4 cut before its index cannot be opened:
+  ``unreadable``.
+- **caps** (:class:`VideoLimits`) are checked on the stream itself, never on the
+  header's duration or frame count (which can lie either way): packet count and last
+  timestamp from the demux pass, then every decoded frame's size and time, and the
+  number of sampled frames; exceeding any raises ``MediaError('too_large')``. The
+  header's frame size is checked before decoding (each decoded frame is checked
+  again). :func:`probe_video`, a header probe, also checks the header's duration and
+  frame count. ``duration`` is measured from the packets' timestamps when they allow
+  it (the header's value otherwise). A ``deadline`` (``time.monotonic()`` value) raises
   :class:`~detector.media.MediaTimeout` (status ``timeout``).
 - **speed**: only sampled frames are converted to RGB; decoding uses FFmpeg's
   frame+slice threads (``thread_type='AUTO'``), skips non-reference frames nobody
@@ -78,6 +89,9 @@ ALLOWED_CODECS = frozenset(
 
 #: Tolerance (s) on timestamps when comparing with the duration cap.
 _DURATION_SLACK = 1.0
+
+#: Packets the decoder may reject in one video before decoding stops (``truncated``).
+MAX_DECODE_ERRORS = 50
 
 
 @dataclass(frozen=True)
@@ -362,13 +376,18 @@ def _frame_rotation(frame: av.VideoFrame, fallback: int) -> int:
     return int(round(-float(ccw) / 90.0)) * 90 % 360
 
 
-def _check_header(meta: VideoMeta, stream: av.VideoStream, limits: VideoLimits) -> None:
+def _check_header(
+    meta: VideoMeta, stream: av.VideoStream, limits: VideoLimits, *, counts: bool = True
+) -> None:
+    """The header's frame size against ``limits``; with ``counts`` also its duration and frame count."""
     w, h = stream.codec_context.width, stream.codec_context.height
     if w * h > limits.max_pixels_per_frame:
         raise MediaError(
             Status.too_large,
             f"video frames of {w}x{h} exceed the limit of {limits.max_pixels_per_frame:,} pixels per frame",
         )
+    if not counts:
+        return
     if meta.duration is not None and meta.duration > limits.max_duration_s:
         raise MediaError(
             Status.too_large,
@@ -421,6 +440,7 @@ class _Scan:
     pts: list[int | None]
     keyframe: list[bool]
     broken: bool  # the demuxer stopped on an error (truncated or corrupt file)
+    end: int | None = None  # the largest pts + duration among the packets (stream time base)
 
 
 def _scan_packets(
@@ -435,6 +455,9 @@ def _scan_packets(
                     continue
                 scan.pts.append(packet.pts)
                 scan.keyframe.append(bool(packet.is_keyframe))
+                if packet.pts is not None:
+                    end = packet.pts + max(0, packet.duration or 0)
+                    scan.end = end if scan.end is None else max(scan.end, end)
                 if len(scan.pts) % 256 == 0:
                     _check_deadline(deadline)
                 if len(scan.pts) > limits.max_decoded_frames:
@@ -495,8 +518,10 @@ class SampledFrames(Iterator[SampledFrame]):
     frame is decoded), ``frames_total`` (video packets counted by a demux pass),
     ``planned`` (frames expected, for progress bars), ``frames_decoded``,
     ``frames_sampled``, ``truncated`` (the stream ended early or broke off: see the
-    module doc), ``seeks`` (forward seeks made). Close it (or use ``with``) when
-    stopping early.
+    module doc), ``decode_errors`` (packets the decoder rejected), ``frames_damaged``
+    (frames decoded after such an error, before the next keyframe: never sampled),
+    ``frames_skipped`` (wanted frames that were damaged), ``seeks`` (forward seeks made).
+    Close it (or use ``with``) when stopping early.
 
     When every packet has its own timestamp (MP4, MKV, WebM, most AVI) the frame
     indices come from the presentation order of the timestamps, which allows two
@@ -527,13 +552,17 @@ class SampledFrames(Iterator[SampledFrame]):
         self._seek_ok = True
         self._path = path
         self.truncated = False
+        self.decode_errors = 0
+        self.frames_damaged = 0
+        self.frames_skipped = 0
+        self._damaged: int | None = None  # decode position of the last rejected packet (-1: unknown)
         self._container: av.container.InputContainer | None = None
         _check_deadline(deadline)
         container, stream, kind = _open(path)
         self._container, self._stream, self.kind = container, stream, kind
         try:
             self.meta = _header_meta(container, stream, _metadata_rotation(stream))
-            _check_header(self.meta, stream, limits)
+            _check_header(self.meta, stream, limits, counts=False)
             scan = _scan_packets(path, kind, stream.index, limits, deadline)
             self.frames_total = len(scan.pts)
             if not scan.pts:
@@ -553,7 +582,7 @@ class SampledFrames(Iterator[SampledFrame]):
                     f"{sampling.describe()} would sample {self.planned} frames, "
                     f"over the {limits.max_sampled_frames} limit",
                 )
-            stream.thread_type = "AUTO"
+            _decoder_options(stream)
         except BaseException:
             self.close()
             raise
@@ -567,6 +596,9 @@ class SampledFrames(Iterator[SampledFrame]):
                 self._start = plan.pts[0]
             tb = self._stream.time_base
             last = float((plan.pts[-1] - self._start) * tb)
+            end = scan.end if scan.end is not None and scan.end > plan.pts[-1] else None
+            measured = float(((end or plan.pts[-1]) - self._start) * tb)
+            self.meta = replace(self.meta, duration=round(measured, 6))
             if last > self.limits.max_duration_s + _DURATION_SLACK:
                 raise MediaError(
                     Status.too_large,
@@ -615,17 +647,46 @@ class SampledFrames(Iterator[SampledFrame]):
                 self._container.close()
                 self._container = None
 
-    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
-        """Decode one packet; a decoder error ends the stream (``truncated``), before any frame
-        it makes the file ``unreadable``."""
+    def _decode(self, packet: av.Packet, pos: int = -1) -> list[av.VideoFrame]:
+        """Decode one packet. A rejected packet is counted and damages the frames after it (see
+        :meth:`_usable`); after :data:`MAX_DECODE_ERRORS` of them the stream ends (``truncated``),
+        or, before any frame, the file is ``unreadable``. ``pos``: the packet's decode position
+        (-1 when unknown)."""
         try:
             return self._stream.decode(packet)
         except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
-            self._broken(exc)
+            self.decode_errors += 1
+            self._damaged = pos
+            if self.decode_errors >= MAX_DECODE_ERRORS:
+                self._broken(exc)
             return []
 
+    def _nothing_decoded(self) -> str:
+        if self.decode_errors:
+            return (f"{self.kind} file has no usable video frame (the decoder rejected "
+                    f"{self.decode_errors} packet(s); {self.frames_damaged} frame(s) after them damaged)")
+        return f"{self.kind} file has no decodable video frame"
+
+    def _usable(self, frame: av.VideoFrame, pos: int | None = None) -> bool:
+        """False for a frame decoded after a rejected packet and before the next keyframe: it
+        may be built on a broken reference picture, so it is neither sampled nor scored.
+
+        ``pos`` is the frame's decode position when known (timestamped streams): only a keyframe
+        coded after the last rejected packet ends the damage (with frame threads the decoder
+        reports an error a few packets late, and frames coded before it may come out after it:
+        they are dropped too, to be safe). Without ``pos`` the first keyframe output after the
+        error ends it.
+        """
+        if self._damaged is None:
+            return True
+        if frame.key_frame and (pos is None or pos < 0 or self._damaged < 0 or pos > self._damaged):
+            self._damaged = None
+            return True
+        self.frames_damaged += 1
+        return False
+
     def _broken(self, exc: BaseException) -> None:
-        if self.frames_decoded == 0:
+        if self.frames_decoded == self.frames_damaged:
             raise MediaError(Status.unreadable, f"corrupt {self.kind} video stream: {_reason(exc)}") from exc
         self.truncated = True
         raise _StreamEnd from exc
@@ -664,7 +725,7 @@ class SampledFrames(Iterator[SampledFrame]):
         seeking = skipping and self.kind in SEEK_KINDS
         skip_mode = "DEFAULT"
         last: tuple[int, float, av.VideoFrame] | None = None
-        last_emitted, next_i, pos = -1, 0, -1
+        last_emitted, next_i, pos, fed = -1, 0, -1, -1
         packets = self._packets()
         check_seek = seeking
         try:
@@ -685,7 +746,10 @@ class SampledFrames(Iterator[SampledFrame]):
                         mode = "DEFAULT" if packet.pts in wanted_pts else "NONREF"
                         if mode != skip_mode:
                             cc.skip_frame = skip_mode = mode
-                for frame in self._decode(packet):
+                known = bool(packet.size) and packet.pts is not None and packet.pts in plan.pos_of_pts
+                if known:
+                    fed = max(fed, pos)
+                for frame in self._decode(packet, pos if known else -1):
                     rank = plan.rank.get(frame.pts) if frame.pts is not None else None
                     if self.frames_decoded == 0:
                         if rank is None:  # frame timestamps do not match the packets': count instead
@@ -696,6 +760,12 @@ class SampledFrames(Iterator[SampledFrame]):
                     self._check_frame(frame, self.frames_decoded - 1 if rank is None else rank, None)
                     if rank is None:
                         continue  # a frame the demuxer did not announce: never sampled
+                    if not self._usable(frame, plan.pos[rank]):
+                        if rank in remaining:
+                            remaining.discard(rank)
+                            self.frames_skipped += 1
+                            check_seek = seeking and self._seek_ok
+                        continue
                     t = self._time(frame, None)  # within the duration cap: checked on the scan
                     last = (rank, t, frame)
                     if rank in remaining:
@@ -706,8 +776,13 @@ class SampledFrames(Iterator[SampledFrame]):
         except _StreamEnd:
             pass
         if last is None:
-            raise MediaError(Status.unreadable, f"{self.kind} file has no decodable video frame")
-        if remaining:
+            raise MediaError(Status.unreadable, self._nothing_decoded())
+        if self.decode_errors:  # frames of packets fed to the decoder that never came out: lost
+            lost = {r for r in remaining if plan.pos[r] <= fed}
+            remaining -= lost
+            self.frames_damaged += len(lost)
+            self.frames_skipped += len(lost)
+        if remaining:  # the stream ended before these
             self.truncated = True
             if max(remaining) > last_emitted and last[0] > last_emitted:
                 yield self._emit(*last)
@@ -738,7 +813,7 @@ class SampledFrames(Iterator[SampledFrame]):
         assert self._container is not None
         self._container.close()
         self._container, self._stream, _ = _open(self._path)
-        self._stream.thread_type = "AUTO"
+        _decoder_options(self._stream)
         self._plan = None
         self.frames_decoded = 0
         if self.sampling.mode == "fps":
@@ -761,6 +836,15 @@ class SampledFrames(Iterator[SampledFrame]):
                     self.frames_decoded += 1
                     t = prev_t = self._time(frame, prev_t)
                     self._check_frame(frame, idx, t)
+                    if not self._usable(frame):
+                        if self.sampling.mode == "count" and w_pos < len(wanted) and wanted[w_pos] == idx:
+                            w_pos += 1
+                            self.frames_skipped += 1
+                        elif self.sampling.mode == "all":
+                            self.frames_skipped += 1
+                        if self.sampling.mode == "count" and w_pos >= len(wanted):
+                            return
+                        continue
                     last = (idx, t, frame)
                     if selector is not None:
                         chosen = selector.push(t, last)
@@ -778,7 +862,7 @@ class SampledFrames(Iterator[SampledFrame]):
         except _StreamEnd:
             pass
         if last is None:
-            raise MediaError(Status.unreadable, f"{self.kind} file has no decodable video frame")
+            raise MediaError(Status.unreadable, self._nothing_decoded())
         tail: list[tuple[int, float, av.VideoFrame]] = []
         if selector is not None:
             tail = selector.finish()
@@ -817,6 +901,14 @@ class SampledFrames(Iterator[SampledFrame]):
         _check_deadline(self.deadline)
         image = _to_rgb(frame, self._stream, self.meta.rotation, self.max_side_decode)
         return SampledFrame(idx, t, image)
+
+
+def _decoder_options(stream: av.VideoStream) -> None:
+    """Frame and slice threads, and decoder errors reported even for frames decoded while
+    non-reference frames are skipped (FFmpeg's H.264 decoder conceals damaged slices silently
+    there unless ``err_detect`` has ``explode``): see "damaged streams" in the module doc."""
+    stream.thread_type = "AUTO"
+    stream.codec_context.options = {"err_detect": "explode"}
 
 
 class _StreamEnd(Exception):

@@ -33,12 +33,20 @@ class MultiCropChoice(str, Enum):
     all = "all"
 
 
-def iter_scan_paths(path: Path) -> Iterator[Path]:
-    """``path`` itself, or every non-hidden file under it (recursive, sorted, no symlinked dirs)."""
+def iter_scan_paths(path: Path, unreadable: list[Path] | None = None) -> Iterator[Path]:
+    """``path`` itself, or every non-hidden file under it (recursive, sorted, no symlinked dirs).
+
+    Folders that cannot be listed (permissions) are appended to ``unreadable`` when given.
+    """
     if not path.is_dir():
         yield path
         return
-    for root, dirs, files in os.walk(path):
+
+    def failed(exc: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append(Path(exc.filename) if exc.filename else path)
+
+    for root, dirs, files in os.walk(path, onerror=failed):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith("."):
@@ -131,6 +139,8 @@ def results_table(results: list[Any], strict: bool = False) -> Any:
         )
         if r.error:
             table.add_row(Text(f"  {r.error}", style="dim"), "", "", "", "", "")
+        for warning in r.warnings:
+            table.add_row(Text(f"  warning: {warning}", style="yellow"), "", "", "", "", "")
         for tr in r.tracks or []:
             label = tr.label_strict if strict else tr.label
             table.add_row(
@@ -167,7 +177,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("scan")
     def scan(
-        paths: Annotated[list[Path], typer.Argument(help="image/video files or directories (recursive)")],
+        paths: Annotated[
+            list[Path],
+            # readable=False: an unreadable file gets its own `unreadable` result, not a usage error
+            typer.Argument(help="image/video files or directories (recursive)", readable=False),
+        ],
         json_out: Annotated[
             bool, typer.Option("--json", help="print a JSON list of results (one per file) to stdout")
         ] = False,
@@ -216,20 +230,23 @@ def register(app: typer.Typer) -> None:
         except (OSError, RuntimeError, ValueError) as exc:
             raise _fail(f"cannot start the analyzer: {exc}") from None
 
-        files: list[Path] = []
-        missing: list[Path] = []
+        # In argument order: a file, the files under a folder, or a result for what cannot be read.
+        todo: list[Path | Any] = []
         for p in paths:
-            if p.exists():
-                files.extend(iter_scan_paths(p))
-            else:
-                missing.append(p)
-        results = [
-            AnalysisResult(path=str(p), status=Status.unreadable, error=f"no such file or directory: {p}")
-            for p in missing
-        ]
-        if not files and not missing:
+            if not p.exists():
+                todo.append(AnalysisResult(path=str(p), status=Status.unreadable,
+                                           error=f"no such file or directory: {p}"))
+                continue
+            locked: list[Path] = []
+            todo.extend(iter_scan_paths(p, locked))
+            todo.extend(
+                AnalysisResult(path=str(d), status=Status.unreadable,
+                               error=f"cannot list folder {d}: permission denied or I/O error")
+                for d in locked
+            )
+        if not todo:
             typer.echo("warning: no files to scan (hidden files are skipped)", err=True)
-        results += _analyze_all(analyzer, files, sampling)
+        results = _analyze_all(analyzer, todo, sampling)
 
         if json_out:
             sys.stdout.write(json.dumps([r.model_dump(mode="json") for r in results], indent=2) + "\n")
@@ -238,8 +255,9 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(exit_code(results, strict))
 
 
-def _analyze_all(analyzer: Any, files: list[Path], sampling: Any) -> list[Any]:
-    """Analyse ``files`` in order with a progress bar on stderr (only when it is a terminal)."""
+def _analyze_all(analyzer: Any, files: list[Any], sampling: Any) -> list[Any]:
+    """Analyse ``files`` in order with a progress bar on stderr (only when it is a terminal);
+    an entry that is already a result (a path that cannot be read) is kept as it is."""
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -257,6 +275,10 @@ def _analyze_all(analyzer: Any, files: list[Path], sampling: Any) -> list[Any]:
     ) as bar:
         overall = bar.add_task("files", total=len(files))
         for path in files:
+            if not isinstance(path, Path):
+                results.append(path)
+                bar.advance(overall)
+                continue
             task = bar.add_task(f"  {escape(path.name[:40])}", total=None)
 
             def progress(done: int, total: int, task: Any = task) -> None:

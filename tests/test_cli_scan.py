@@ -139,6 +139,48 @@ def test_zero_frame_video_and_missing_path(tiny_model: Path, tmp_path: Path) -> 
     assert all(r["fake_probability"] is None for r in out)
 
 
+def _without_read_override() -> list[str]:
+    """A command prefix under which chmod 000 denies reading (root reads everything otherwise)."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions cannot be tested")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_unreadable_file_and_folder_get_their_own_results(
+    tiny_model: Path, media: dict[str, Path], tmp_path: Path
+) -> None:
+    """A file or folder that cannot be read is reported `unreadable`, in argument order, and the
+    other files are still scanned (not a usage error, not a silent skip)."""
+    tree = tmp_path / "tree"
+    (tree / "locked").mkdir(parents=True)
+    (tree / "locked" / "inside.jpg").write_bytes(media["face"].read_bytes())
+    (tree / "ok.jpg").write_bytes(media["face"].read_bytes())
+    secret = tree / "secret.jpg"
+    secret.write_bytes(media["face"].read_bytes())
+    secret.chmod(0)
+    (tree / "locked").chmod(0)
+    try:
+        proc = subprocess.run(
+            [*_without_read_override(), sys.executable, "-m", "facetrust", "scan", "--json", "--model",
+             str(tiny_model), str(secret), str(tree), str(tmp_path / "missing.jpg")],
+            capture_output=True, text=True, timeout=180, cwd=REPO,
+        )
+    finally:
+        (tree / "locked").chmod(0o755)
+        secret.chmod(0o644)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    rows = [(Path(r["path"]).name, r["status"]) for r in json.loads(proc.stdout)]
+    assert rows == [("secret.jpg", "unreadable"), ("ok.jpg", "ok"), ("secret.jpg", "unreadable"),
+                    ("locked", "unreadable"), ("missing.jpg", "unreadable")]
+    for r in json.loads(proc.stdout):
+        assert r["status"] == "ok" or (r["fake_probability"] is None and r["sha256"] is None and r["error"])
+
+
 def test_bad_model_and_flags_exit_2_with_a_message(tmp_path: Path, media: dict[str, Path]) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")

@@ -286,6 +286,35 @@ def truncate_file(src: str | Path, dst: str | Path, keep: float = 0.5) -> Path:
     return dst
 
 
+def damage_packets(src: str | Path, dst: str | Path, positions: Sequence[int]) -> Path:
+    """Copy ``src`` to ``dst`` with the payload of the video packets at these decode positions
+    zeroed (their first 8 bytes, the NAL length and header, kept), as a disk or network error
+    would leave them: the demuxer still reads them, the decoder rejects them."""
+    data = bytearray(Path(src).read_bytes())
+    with av.open(str(src)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    for i in positions:
+        pos, size = packets[i]
+        data[pos + 8 : pos + size] = bytes(size - 8)
+    dst = Path(dst)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def mkv_claims_duration(src: str | Path, dst: str | Path, factor: float) -> Path:
+    """Copy a Matroska file whose Segment ``Duration`` element is multiplied by ``factor``: the
+    header then lies about the length of the stream."""
+    data = bytearray(Path(src).read_bytes())
+    i = data.find(b"\x44\x89")  # the Duration element ID, then its size (0x88: an 8-byte float)
+    assert i > 0 and data[i + 2] in (0x84, 0x88), "no Duration element"
+    fmt, n = (">d", 8) if data[i + 2] == 0x88 else (">f", 4)
+    (value,) = struct.unpack(fmt, data[i + 3 : i + 3 + n])
+    data[i + 3 : i + 3 + n] = struct.pack(fmt, value * factor)
+    dst = Path(dst)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 # -- images ------------------------------------------------------------------------
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "gif": "GIF"}
 

@@ -224,6 +224,25 @@ def test_no_face_video(analyzer: Analyzer, tmp_path: Path) -> None:
     assert r.tracks == [] and r.frames is not None and len(r.frames) == 4
 
 
+def test_damaged_and_cut_videos_say_so(analyzer: Analyzer, astronaut, tmp_path: Path) -> None:
+    """A verdict on part of a video carries a warning; a clean video carries none."""
+    src = mf.write_video(tmp_path / "clip.mp4", n_frames=40, size=(256, 256), draw=astronaut, gop=10,
+                         faststart=True, options={"bf": "0", "sc_threshold": "0"})
+    clean = analyzer.analyze_path(src, sampling=Sampling("all"))
+    assert clean.status == "ok" and clean.warnings == [] and not clean.video.truncated
+    bad = mf.damage_packets(src, tmp_path / "damaged.mp4", [13])
+    damaged = analyzer.analyze_path(bad, sampling=Sampling("all"))
+    assert damaged.status == "ok" and damaged.video.decode_errors >= 1 and not damaged.video.truncated
+    assert damaged.video.frames_damaged >= 6 and len(damaged.frames) == 40 - damaged.video.frames_damaged
+    assert not any(13 <= f.index < 20 for f in damaged.frames)
+    assert len(damaged.warnings) == 1 and "damaged video data" in damaged.warnings[0]
+    half = mf.truncate_file(src, tmp_path / "cut.mp4", 0.5)
+    cut = analyzer.analyze_path(half, sampling=Sampling("count", 8))
+    assert cut.status == "ok" and cut.video.truncated
+    assert any("breaks off" in w for w in cut.warnings)
+    assert cut.frames[-1].time < 1.6  # 40 frames at 25 fps: the first half or so
+
+
 def test_rotated_phone_video_is_analysed_upright(analyzer: Analyzer, astronaut, tmp_path: Path) -> None:
     path = mf.write_video(tmp_path / "phone.mp4", n_frames=6, size=(360, 640), rotation=90, draw=astronaut)
     r = analyzer.analyze_path(path, sampling=Sampling("all"))

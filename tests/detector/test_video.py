@@ -450,6 +450,48 @@ def test_truncated_never_crashes(name: str, keep: float, videos: dict[str, Path]
         assert frames, "a readable result has at least one frame"
 
 
+def test_damaged_packet_frames_are_not_sampled(videos: dict[str, Path], tmp_path: Path) -> None:
+    """A zeroed P-frame in the middle: decoding goes on, but the frames built on it (until the
+    next keyframe) are never sampled; every picture that comes out is the one it says it is."""
+    # no B-frames: every P-frame is a reference picture, so the damage runs to the next keyframe
+    no_b = {"bf": "0", "sc_threshold": "0"}  # and keyframes exactly every 20 frames
+    src = mf.write_video(tmp_path / "p.mp4", 400, (64, 48), FPS, "libx264", gop=20, options=no_b)
+    path = mf.damage_packets(src, tmp_path / "damaged.mp4", [45])  # keyframes at 40 and 60
+    for sampling in (Sampling("all"), Sampling("count", 40), Sampling("fps", 10)):
+        frames, it = collect(path, sampling)
+        idx = [f.index for f in frames]
+        assert it.decode_errors >= 1 and not it.truncated, sampling
+        assert it.frames_damaged >= 14 and it.frames_skipped >= 1, sampling  # 46-59 at least
+        assert not any(45 <= i < 60 for i in idx), (sampling, idx)  # 40 is the last keyframe before
+        assert idx[-1] >= 390 and idx == sorted(set(idx))  # frames after the next keyframe are kept
+        assert_codes(frames)
+    frames, it = collect(path, Sampling("all"))
+    assert len(frames) + it.frames_damaged == 400 == it.frames_total
+    clean, it = collect(src, Sampling("all"))
+    assert len(clean) == 400 and it.decode_errors == it.frames_damaged == it.frames_skipped == 0
+
+
+def test_every_packet_damaged_is_unreadable(videos: dict[str, Path], tmp_path: Path) -> None:
+    path = mf.damage_packets(videos["h264"], tmp_path / "ruined.mp4", range(100))
+    with pytest.raises(MediaError, match="no usable video frame|corrupt") as info:
+        collect(path)
+    assert info.value.status == Status.unreadable
+
+
+@pytest.mark.parametrize("factor", [0.1, 1000.0])
+def test_header_duration_neither_refuses_nor_is_reported(
+    factor: float, videos: dict[str, Path], tmp_path: Path
+) -> None:
+    """The header says 0.24 s or 2400 s; the stream holds 2.4 s: caps and ``duration`` follow it."""
+    path = mf.mkv_claims_duration(videos["mkv"], tmp_path / "liar.mkv", factor)
+    header = probe_video(path, limits=VideoLimits(max_duration_s=1e6))
+    assert header.duration == pytest.approx(2.4 * factor, rel=0.05)  # the header does lie
+    frames, it = collect(path, Sampling("count", 8), limits=VideoLimits(max_duration_s=60))
+    assert len(frames) == 8 and frames[-1].index == 59
+    assert it.meta.duration == pytest.approx(2.4, abs=0.05)
+    assert status_iter(path, limits=VideoLimits(max_duration_s=1)) == Status.too_large  # the stream's 2.4 s
+
+
 def test_hostile_video_catalogue(tmp_path: Path) -> None:
     for name, (path, expected) in mf.write_hostile_videos(tmp_path).items():
         t = time.perf_counter()
