@@ -26,6 +26,7 @@ from detector.card import ModelCard
 from detector.classifier import Classifier, ScoreBatch, resolve_model_path
 from detector.crops import VIEWS, crop_boxes
 from detector.media import (
+    ANIMATABLE_KINDS,
     SNIFF_BYTES,
     MediaError,
     decode_image,
@@ -555,7 +556,7 @@ def _tracks(frames: Sequence[Frame], card: ModelCard) -> list[Track]:
 
 
 def _media_kind(head: bytes, whole: Callable[[], bytes]) -> str:
-    """``'image'`` or ``'video'`` from the magic bytes (``whole()`` is read only for GIFs).
+    """``'image'`` or ``'video'`` from the magic bytes (``whole()`` is read only for GIFs and PNGs).
 
     Raises :class:`MediaError`: ``unreadable`` for an empty file, ``unsupported`` for
     anything outside the allowlist of :mod:`detector.media`.
@@ -569,7 +570,7 @@ def _media_kind(head: bytes, whole: Callable[[], bytes]) -> str:
             f"not an allowed image or video format ({describe_unknown(head)}); allowed: "
             "JPEG, PNG, WebP, BMP, GIF, MP4/MOV, WebM/MKV, AVI",
         )
-    return media_type_of(kind, whole() if kind == "gif" else None)
+    return media_type_of(kind, whole() if kind in ANIMATABLE_KINDS else None)
 
 
 def _media_status(exc: MediaError) -> Status:

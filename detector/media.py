@@ -5,7 +5,9 @@ allowlist is:
 
 - images: ``'jpeg'``, ``'png'``, ``'webp'``, ``'bmp'``, ``'gif'`` (single frame);
 - videos: ``'mp4'`` (ISO BMFF / QuickTime: mp4, mov, m4v, 3gp), ``'webm'`` and
-  ``'mkv'`` (EBML / Matroska), ``'avi'`` (RIFF AVI), and animated ``'gif'``.
+  ``'mkv'`` (EBML / Matroska), ``'avi'`` (RIFF AVI), animated ``'gif'`` and animated
+  ``'png'`` (APNG). Animated WebP is refused (``unsupported``): this FFmpeg cannot
+  decode it as a video.
 
 Every refusal is a :class:`MediaError` whose ``status`` is a
 :class:`detector.schema.Status` (``unreadable``, ``unsupported``, ``too_large``,
@@ -49,7 +51,9 @@ from detector.schema import Status
 SNIFF_BYTES = 64
 
 IMAGE_KINDS = frozenset({"jpeg", "png", "webp", "bmp", "gif"})
-VIDEO_KINDS = frozenset({"mp4", "webm", "mkv", "avi", "gif"})
+VIDEO_KINDS = frozenset({"mp4", "webm", "mkv", "avi", "gif", "png"})
+#: Kinds that are a still image or a video depending on their frame count.
+ANIMATABLE_KINDS = frozenset({"gif", "png"})
 
 #: Pillow plugin class per image kind: each parses only its own format.
 _PLUGINS: dict[str, type[ImageFile.ImageFile]] = {
@@ -150,29 +154,37 @@ def sniff_file(path: str | os.PathLike[str]) -> str | None:
         return sniff(fh.read(SNIFF_BYTES))
 
 
-def is_animated_gif(data: bytes) -> bool:
-    """True if ``data`` is a GIF with more than one frame (False for anything unreadable).
+def is_animated(data: bytes) -> bool:
+    """True if ``data`` is a GIF or an APNG with more than one frame (False for anything
+    unreadable or of another kind).
 
-    Reads frame headers only: no pixel is decoded, whatever the canvas size.
+    Reads headers only (GIF frame headers, the APNG ``acTL`` chunk): no pixel is decoded,
+    whatever the canvas size.
     """
-    if sniff(data[:SNIFF_BYTES]) != "gif":
+    kind = sniff(data[:SNIFF_BYTES])
+    if kind not in ANIMATABLE_KINDS:
         return False
     try:
-        with _metadata_quiet(), GifImagePlugin.GifImageFile(io.BytesIO(data)) as im:
-            return bool(im.is_animated)
-    except Exception:  # any broken GIF: not treated as animated; decode_image reports it
+        with _metadata_quiet(), _PLUGINS[kind](io.BytesIO(data)) as im:
+            return bool(getattr(im, "is_animated", False))
+    except Exception:  # any broken file: not treated as animated; decode_image reports it
         return False
+
+
+def is_animated_gif(data: bytes) -> bool:
+    """True if ``data`` is a GIF with more than one frame (see :func:`is_animated`)."""
+    return sniff(data[:SNIFF_BYTES]) == "gif" and is_animated(data)
 
 
 def media_type_of(kind: str, data: bytes | None = None) -> Literal["image", "video"]:
     """``'image'`` or ``'video'`` for a :func:`sniff` kind.
 
-    Rule for GIF: animated GIFs (more than one frame, decided from ``data`` by
-    :func:`is_animated_gif`) are videos; a single-frame GIF, or a GIF whose
-    bytes are not given, is an image. Raises ``ValueError`` for an unknown kind.
+    Rule for GIF and PNG: animated ones (more than one frame, decided from ``data`` by
+    :func:`is_animated`) are videos; a single-frame one, or one whose bytes are not
+    given, is an image. Raises ``ValueError`` for an unknown kind.
     """
-    if kind == "gif":
-        return "video" if data is not None and is_animated_gif(data) else "image"
+    if kind in ANIMATABLE_KINDS:
+        return "video" if data is not None and is_animated(data) else "image"
     if kind in IMAGE_KINDS:
         return "image"
     if kind in VIDEO_KINDS:
@@ -198,6 +210,18 @@ def describe_unknown(head: bytes) -> str:
     ):
         if stripped.startswith(magic):
             return name
+    for magic, name in (
+        (b"II*\x00", "a TIFF image"),
+        (b"MM\x00*", "a TIFF image"),
+        (b"\x00\x00\x00\x0cjxl ", "a JPEG XL image"),
+        (b"\xff\x0a", "a JPEG XL image"),
+        (b"\x00\x00\x01\x00", "an ICO icon"),
+        (b"8BPS", "a Photoshop document"),
+    ):
+        if h.startswith(magic):
+            return name
+    if len(h) >= 12 and h[4:8] == b"ftyp" and h[8:12] in _IMAGE_BRANDS:
+        return f"a HEIF/AVIF image, brand {h[8:12].decode('latin-1').strip()!r}"
     try:
         h.decode("utf-8")
         return "a text file"
@@ -213,7 +237,8 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
     """Decode an allowed still image to ``H x W x 3`` uint8 RGB, upright.
 
     - format from magic bytes only; video or unknown content -> ``unsupported``;
-      an animated GIF -> ``unsupported`` (analyse it as a video);
+      an animated GIF or PNG -> ``unsupported`` (analyse it as a video); an animated
+      WebP -> ``unsupported`` (not decodable here as a video: convert it);
     - ``width * height > max_pixels`` or a side ``> max_side`` -> ``too_large``,
       decided from the header before any pixel is decoded;
     - empty, truncated or corrupt data -> ``unreadable`` (the whole image is
@@ -248,8 +273,14 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
                 f"{kind} image of {width}x{height} pixels exceeds the limit "
                 f"({max_pixels:,} pixels, {max_side} per side); refused before decoding",
             )
-        if kind in ("gif", "webp") and getattr(im, "is_animated", False):
+        if kind in ANIMATABLE_KINDS and getattr(im, "is_animated", False):
             raise MediaError(Status.unsupported, f"animated {kind}: analyse it as a video")
+        if kind == "webp" and getattr(im, "is_animated", False):
+            raise MediaError(
+                Status.unsupported,
+                "animated WebP is not supported (FFmpeg here cannot decode it as a video): "
+                "convert it to MP4 or GIF, or send a single frame",
+            )
         try:
             im.load()
         except MemoryError as exc:

@@ -66,24 +66,26 @@ import av
 import numpy as np
 
 from detector.media import (
+    ANIMATABLE_KINDS,
     IMAGE_KINDS,
     SNIFF_BYTES,
     MediaError,
     MediaTimeout,
     describe_unknown,
+    is_animated,
     sniff,
 )
 from detector.schema import Status
 
 #: FFmpeg demuxer forced for each sniffed kind (FFmpeg never guesses another format).
-_DEMUXERS = {"mp4": "mov", "webm": "matroska", "mkv": "matroska", "avi": "avi", "gif": "gif"}
+_DEMUXERS = {"mp4": "mov", "webm": "matroska", "mkv": "matroska", "avi": "avi", "gif": "gif", "png": "apng"}
 
 #: Video decoders we agree to run.
 ALLOWED_CODECS = frozenset(
     {
         "h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "mpeg4", "msmpeg4v2", "msmpeg4v3",
         "mpeg1video", "mpeg2video", "mjpeg", "gif", "h263", "theora", "prores", "dnxhd",
-        "wmv2", "wmv3", "vc1", "rawvideo", "ffv1",
+        "wmv2", "wmv3", "vc1", "rawvideo", "ffv1", "apng",
     }
 )  # fmt: skip
 
@@ -292,8 +294,10 @@ def _open(path: str | Path) -> tuple[av.container.InputContainer, av.VideoStream
     kind = sniff(head)
     if kind is None:
         raise MediaError(Status.unsupported, f"not an allowed video format ({describe_unknown(head)})")
-    if kind in IMAGE_KINDS and kind != "gif":
+    if kind in IMAGE_KINDS and kind not in ANIMATABLE_KINDS:
         raise MediaError(Status.unsupported, f"this is a {kind} still image, not a video")
+    if kind == "png" and not is_animated(path.read_bytes()):
+        raise MediaError(Status.unsupported, "this is a png still image, not a video")
     try:
         container = av.open(str(path), format=_DEMUXERS[kind])
     except (av.FFmpegError, OSError, ValueError, IndexError) as exc:

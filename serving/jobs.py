@@ -22,6 +22,7 @@ from detector.schema import AnalysisResult
 from serving.errors import ApiError, result_status
 from serving.schema import ErrorDetail, JobProgress, JobResponse, JobState
 from serving.upload import Upload, media_kind
+from serving.worker import EITHER
 
 if TYPE_CHECKING:
     from serving.service import Sampling, Server
@@ -108,7 +109,7 @@ class JobStore:
             created=now,
             expires_at=now + settings.job_ttl,
             sha256=upload.sha256,
-            media_type=media_kind(fmt) if media_kind(fmt) != "gif" else None,
+            media_type=media_kind(fmt) if media_kind(fmt) != EITHER else None,
         )
         self._jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job))

@@ -28,7 +28,7 @@ from serving.middleware import RequestContext
 from serving.pool import Outcome, Progress, WorkerPool
 from serving.settings import ServeSettings
 from serving.upload import Upload, media_kind
-from serving.worker import Task, WorkerConfig
+from serving.worker import EITHER, Task, WorkerConfig
 
 Sampling = tuple[str, float]
 
@@ -154,7 +154,7 @@ class Server:
             )
         ctx.format = fmt
         kind = media_kind(fmt)
-        ctx.media_type = kind if kind != "gif" else None
+        ctx.media_type = kind if kind != EITHER else None
         return fmt
 
     async def analyze(
@@ -213,7 +213,7 @@ class Server:
         ctx.fake_probability = r.fake_probability
 
     def _failure(self, upload: Upload, fmt: str, task: Task, status: Status, message: str) -> AnalysisResult:
-        kind = task.kind if task.kind != "gif" else None
+        kind = task.kind if task.kind != EITHER else None
         return AnalysisResult(
             path=upload.filename,
             sha256=upload.sha256,

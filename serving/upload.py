@@ -20,8 +20,9 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from detector.media import IMAGE_KINDS
+from detector.media import ANIMATABLE_KINDS, IMAGE_KINDS
 from serving.errors import ApiError
+from serving.worker import EITHER
 
 FIELD = "file"
 #: Bytes kept from the start of the file for format sniffing.
@@ -33,9 +34,10 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def media_kind(fmt: str) -> str:
-    """``image``/``video`` for a sniffed format; ``gif`` is decided by the worker (animated or not)."""
-    if fmt == "gif":
-        return "gif"
+    """``image``/``video`` for a sniffed format; GIF and PNG (``either``) are decided by the
+    worker, from the whole file (animated or not)."""
+    if fmt in ANIMATABLE_KINDS:
+        return EITHER
     return "image" if fmt in IMAGE_KINDS else "video"
 
 

@@ -23,6 +23,9 @@ from typing import Any
 
 #: File-name prefixes that trigger faults when ``test_faults`` is on (tests only).
 FAULT_PREFIX = "facetrust-fault-"
+#: ``Task.kind`` of a GIF or PNG upload: a still image or a video, decided here from the whole
+#: file (animated or not).
+EITHER = "image_or_video"
 
 
 @dataclass(frozen=True)
@@ -157,13 +160,13 @@ def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str
             _fault(task.name, config.memory_mb)
         kind = task.kind
         data = b""
-        if kind in ("image", "gif"):
+        if kind in ("image", EITHER):
             with open(task.path, "rb") as fh:
                 data = fh.read()
-        if kind == "gif":
-            from detector.media import media_type_of
+        if kind == EITHER:  # a GIF or PNG: a video when animated
+            from detector.media import media_type_of, sniff
 
-            kind = media_type_of("gif", data)
+            kind = media_type_of(sniff(data) or "gif", data)
         if kind == "image":
             result = analyzer.analyze_image(data, task.name)
             progress(1, 1)
@@ -175,7 +178,7 @@ def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str
     except MemoryError:
         result = AnalysisResult(
             path=task.name,
-            media_type=None if task.kind == "gif" else task.kind,
+            media_type=None if task.kind == EITHER else task.kind,
             status=Status.error,
             error="MemoryError",
             model=analyzer.model_info,

@@ -346,6 +346,14 @@ def exif_jpeg(array: np.ndarray, orientation: int) -> bytes:
     return buf.getvalue()
 
 
+def animated(frames: Sequence[np.ndarray], fmt: str = "PNG", duration_ms: int = 100) -> bytes:
+    """An animated PNG (APNG) or WebP (``fmt``) of the given RGB frames."""
+    ims = [Image.fromarray(np.asarray(f)) for f in frames]
+    buf = io.BytesIO()
+    ims[0].save(buf, fmt, save_all=True, append_images=ims[1:], duration=duration_ms, loop=0)
+    return buf.getvalue()
+
+
 def animated_gif(frames: Sequence[np.ndarray], duration_ms: int = 100) -> bytes:
     """An animated GIF (loops forever) of the given RGB frames."""
     ims = [Image.fromarray(np.asarray(f)) for f in frames]

@@ -21,6 +21,7 @@ from detector.media import (
     MediaTimeout,
     decode_image,
     describe_unknown,
+    is_animated,
     is_animated_gif,
     media_type_of,
     sha256_bytes,
@@ -128,6 +129,26 @@ def test_animated_gif_is_video(quadrants: np.ndarray) -> None:
     assert not is_animated_gif(still) and media_type_of("gif", still) == "image"
     assert not is_animated_gif(b"GIF89a broken") and not is_animated_gif(mf.text_bytes())
     assert status_of(anim) == "unsupported"
+
+
+def test_apng_is_video_animated_webp_is_refused_clearly(quadrants: np.ndarray) -> None:
+    frames = [quadrants, quadrants[::-1], quadrants[:, ::-1]]
+    apng, still = mf.animated(frames, "PNG"), mf.encode_image(quadrants, "png")
+    assert is_animated(apng) and media_type_of("png", apng) == "video" and not is_animated_gif(apng)
+    assert not is_animated(still) and media_type_of("png", still) == "image"
+    assert status_of(apng) == "unsupported"  # as a still image: it is a video
+    webp = mf.animated(frames, "WEBP")
+    assert not is_animated(webp) and media_type_of("webp", webp) == "image"
+    with pytest.raises(MediaError, match="animated WebP is not supported.*convert") as info:
+        decode_image(webp)
+    assert info.value.status == Status.unsupported
+
+
+def test_refused_formats_are_named() -> None:
+    assert describe_unknown(b"II*\x00" + bytes(60)) == "a TIFF image"
+    assert describe_unknown(b"MM\x00*" + bytes(60)) == "a TIFF image"
+    assert describe_unknown(b"\x00\x00\x00\x1cftypavif" + bytes(50)).startswith("a HEIF/AVIF image")
+    assert describe_unknown(b"\x00\x00\x00\x18ftypheic" + bytes(50)).startswith("a HEIF/AVIF image")
 
 
 def test_is_animated_gif_reads_no_pixels() -> None:

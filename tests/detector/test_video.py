@@ -492,6 +492,15 @@ def test_header_duration_neither_refuses_nor_is_reported(
     assert status_iter(path, limits=VideoLimits(max_duration_s=1)) == Status.too_large  # the stream's 2.4 s
 
 
+def test_animated_png_decodes_as_a_video(tmp_path: Path) -> None:
+    path = tmp_path / "anim.png"
+    path.write_bytes(mf.animated([mf.coded_frame(i, *SIZE) for i in range(6)], "PNG", duration_ms=100))
+    frames, it = collect(path, Sampling("all"))
+    assert [f.index for f in frames] == list(range(6)) and it.meta.codec == "apng"
+    assert_codes(frames)
+    assert [round(f.time, 2) for f in frames] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+
+
 def test_hostile_video_catalogue(tmp_path: Path) -> None:
     for name, (path, expected) in mf.write_hostile_videos(tmp_path).items():
         t = time.perf_counter()

@@ -101,6 +101,16 @@ def test_animated_gif_is_a_video(live: LiveServer, astronaut: np.ndarray) -> Non
     assert r.json()["result"]["media_type"] == "video"
 
 
+def test_animated_png_is_a_video(live: LiveServer, astronaut: np.ndarray) -> None:
+    frames = [np.ascontiguousarray(np.roll(astronaut[20:180, 140:300], 4 * i, axis=1)) for i in range(3)]
+    with live.client() as c:
+        r = c.post("/v1/analyze", files={"file": ("anim.png", mf.animated(frames, "PNG"))})
+        still = c.post("/v1/analyze", files={"file": ("still.png", mf.encode_image(frames[0], "png"))})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["media_type"] == "video" and r.json()["result"]["video"]["frames_sampled"] == 3
+    assert still.status_code == 200 and still.json()["result"]["media_type"] == "image"
+
+
 def test_sync_frame_limit(live: LiveServer, face_video: bytes) -> None:
     """More sampled frames than sync_max_frames (16): refused with a pointer to /v1/jobs."""
     with live.client() as c:
