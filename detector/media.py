@@ -198,6 +198,8 @@ def describe_unknown(head: bytes) -> str:
     if not h:
         return "an empty file"
     stripped = h.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    # text formats match case-insensitively after leading blanks (``stripped``), binary image
+    # formats on the raw bytes
     for magic, name in (
         (b"pk\x03\x04", "a ZIP archive"),
         (b"%pdf", "a PDF document"),
@@ -207,10 +209,6 @@ def describe_unknown(head: bytes) -> str:
         (b"<svg", "an SVG drawing"),
         (b"\x7felf", "an executable"),
         (b"mz", "an executable"),
-    ):
-        if stripped.startswith(magic):
-            return name
-    for magic, name in (
         (b"II*\x00", "a TIFF image"),
         (b"MM\x00*", "a TIFF image"),
         (b"\x00\x00\x00\x0cjxl ", "a JPEG XL image"),
@@ -218,7 +216,7 @@ def describe_unknown(head: bytes) -> str:
         (b"\x00\x00\x01\x00", "an ICO icon"),
         (b"8BPS", "a Photoshop document"),
     ):
-        if h.startswith(magic):
+        if stripped.startswith(magic) or h.startswith(magic):
             return name
     if len(h) >= 12 and h[4:8] == b"ftyp" and h[8:12] in _IMAGE_BRANDS:
         return f"a HEIF/AVIF image, brand {h[8:12].decode('latin-1').strip()!r}"
