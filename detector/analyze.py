@@ -107,6 +107,10 @@ _DECODE_AHEAD = 2
 #: that a 2-core detector works on two frames at once (see ``FaceDetector.detect_batch``).
 DETECT_PIXELS = 2 * 1920 * 1080
 
+#: Frames with faces of a video that go through the detector's orientation pass before it is
+#: left off for the rest of the video (unless one of their faces was turned): see ``_FrameBatch``.
+ORIENT_PROBE_FRAMES = 4
+
 #: Which media score each face as the mean logit of :data:`detector.crops.VIEWS` crops (the box
 #: moved by 2% four ways, two of them mirrored: :func:`detector.crops.crop_views`) instead of
 #: one. ``images`` (the default): a photo's single score is what decides, and the mean of the
@@ -307,7 +311,10 @@ class Analyzer:
     def _crops(self, image: np.ndarray, faces: Sequence[Any], views: int) -> np.ndarray:
         """THE crop (card's margin and size) of each face, or its ``views`` crops
         (:func:`detector.crops.crop_boxes`)."""
-        return crop_boxes(image, [f.box for f in faces], self.card.crop_margin, self.card.input_size, views)
+        return crop_boxes(
+            image, [f.box for f in faces], self.card.crop_margin, self.card.input_size, views,
+            orientations=[getattr(f, "orientation", 0) for f in faces],
+        )
 
     def _score(self, crops: Sequence[np.ndarray], views: int) -> ScoreBatch:
         """One classifier call for all ``crops``: arrays of :meth:`_crops` (chunked by the
@@ -327,6 +334,7 @@ class Analyzer:
             box=[float(v) for v in det.box],
             landmarks=[[float(x), float(y)] for x, y in det.landmarks],
             detection_score=float(det.score),
+            orientation=int(getattr(det, "orientation", 0)),
             fake_probability=p,
             label=self.card.label_for(p),
             label_strict=self.card.label_for(p, strict=True),
@@ -450,6 +458,11 @@ class _FrameBatch:
     Frames are detected in batches bounded by ``detect_pixels`` (the detector's memory
     grows with the pixels of a batch) and cropped at once, so decoded frames are dropped
     early; the crops of ``batch_size`` frames are classified in one call.
+
+    The detector's orientation pass (turned faces, see :mod:`detector.faces`) runs on the
+    first :data:`ORIENT_PROBE_FRAMES` frames that have faces; it stays on for the rest of the
+    video only if one of their faces was turned (a video is turned as a whole: a wrong or
+    missing rotation tag). That saves its four O-Net crops per face on the other frames.
     """
 
     def __init__(
@@ -461,6 +474,8 @@ class _FrameBatch:
         self.waiting: list[tuple[tuple[int, float], list[Any]]] = []  # ((index, time), faces)
         self.crops: list[np.ndarray] = []  # one [faces * views, S, S, 3] array per frame
         self.views = analyzer.views("video")
+        self.probed = 0  # frames with faces that went through the orientation pass
+        self.turned = False  # one of their faces was turned
 
     def add(self, frame: Any) -> None:
         pixels = int(frame.image_rgb.shape[0] * frame.image_rgb.shape[1])
@@ -481,7 +496,16 @@ class _FrameBatch:
         if not self.pending:
             return
         t = time.perf_counter()
-        dets = self.a.face_detector.detect_batch([f.image_rgb for f in self.pending])
+        detector = self.a.face_detector
+        images = [f.image_rgb for f in self.pending]
+        probe = self.turned or self.probed < ORIENT_PROBE_FRAMES
+        if getattr(detector, "orient", False):  # a detector with the orientation pass
+            dets = detector.detect_batch(images, orient=probe)
+        else:
+            dets, probe = detector.detect_batch(images), False
+        if probe:
+            self.probed += sum(1 for faces in dets if faces)
+            self.turned = self.turned or any(d.orientation for faces in dets for d in faces)
         t = self.timer.add("detect", t)
         for f, faces in zip(self.pending, dets, strict=True):
             faces = list(faces)

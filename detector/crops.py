@@ -98,19 +98,62 @@ def crop_views(
     return np.ascontiguousarray(np.stack(crops))
 
 
+def turn_back(
+    image: np.ndarray, box: Sequence[float], orientation: int, points: Sequence[Sequence[float]] = ()
+) -> tuple[np.ndarray, tuple[float, float, float, float], list[tuple[float, float]]]:
+    """``image`` turned ``orientation`` degrees counter-clockwise (a multiple of 90: it undoes a
+    face turned that far clockwise), and ``box`` and ``points`` in the turned image's pixels."""
+    turns = (int(orientation) // 90) % 4
+    pts = [(float(x), float(y)) for x, y in points]
+    height, width = int(image.shape[0]), int(image.shape[1])
+    for _ in range(turns):  # one counter-clockwise quarter turn: (x, y) -> (y, W - x)
+        pts = [(y, width - x) for x, y in pts]
+        height, width = width, height
+    return np.ascontiguousarray(np.rot90(image, turns)), _turned_box(image.shape, box, turns), pts
+
+
+def _turned_box(shape: Sequence[int], box: Sequence[float], turns: int) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    height, width = int(shape[0]), int(shape[1])
+    for _ in range(turns):  # one counter-clockwise quarter turn: (x, y) -> (y, W - x)
+        x0, y0, x1, y1 = y0, width - x1, y1, width - x0
+        height, width = width, height
+    return x0, y0, x1, y1
+
+
 def crop_boxes(
-    image: np.ndarray, boxes: Sequence[Sequence[float]], margin: float, size: int, views: int = 1
+    image: np.ndarray,
+    boxes: Sequence[Sequence[float]],
+    margin: float,
+    size: int,
+    views: int = 1,
+    orientations: Sequence[int] | None = None,
 ) -> np.ndarray:
     """THE crop of each box (``views == 1``) or its :data:`VIEWS` crops (:func:`crop_views`) one
     after the other: ``[len(boxes) * views, size, size, 3]`` uint8, what
-    :meth:`detector.classifier.Classifier.score` takes with the same ``views``."""
+    :meth:`detector.classifier.Classifier.score` takes with the same ``views``.
+
+    ``orientations`` (the detector's :attr:`~detector.faces.DetectedFace.orientation` of each
+    box, degrees clockwise): a turned face is cropped from the image turned back
+    (:func:`turn_back`), so it is scored upright; the crop is exactly the one an upright copy
+    of the picture gives.
+    """
     if views not in (1, VIEWS):
         raise ValueError(f"views must be 1 or {VIEWS}, not {views}")
     if not len(boxes):
         return np.zeros((0, size, size, 3), np.uint8)
-    if views == 1:
-        return np.stack([crop_face(image, b, margin, size) for b in boxes])
-    return np.concatenate([crop_views(image, b, margin, size) for b in boxes])
+    turned: dict[int, np.ndarray] = {}  # the image turned back, once per angle
+    out = []
+    for i, box in enumerate(boxes):
+        turns = (int(orientations[i]) // 90) % 4 if orientations is not None else 0
+        pic = image
+        if turns:
+            if turns not in turned:
+                turned[turns] = np.ascontiguousarray(np.rot90(image, turns))
+            pic, box = turned[turns], _turned_box(image.shape, box, turns)
+        one = crop_face(pic, box, margin, size)[None] if views == 1 else crop_views(pic, box, margin, size)
+        out.append(one)
+    return np.concatenate(out)
 
 
 def to_model_input(crops: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

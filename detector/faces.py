@@ -23,6 +23,16 @@ threads, or, for a single image, shares its pyramid levels and R-/O-Net crops ou
 every session is single-threaded (onnxruntime's own intra-op threads left the numpy steps
 between network calls on one core).
 
+**Orientation.** MTCNN also fires, with lower confidence, on faces turned sideways or upside
+down (a photo without its EXIF tag, a video whose rotation tag is wrong), and its landmarks then
+still come out in the upright pattern. Each found face's square box is therefore shown to O-Net
+four ways (turned 0, 90, 180 and 270 degrees); when a turned copy is clearly more face-like, by
+more than :data:`ORIENT_MARGIN` in logit, :attr:`DetectedFace.orientation` says how far the face
+is turned (clockwise degrees) and the crop is turned back before it is scored
+(:func:`detector.crops.crop_boxes`). Measured on 1,024 upright faces (600 photos and frames of
+63 videos of the shared data): none turned; on the same pictures rotated by 90/180/270
+degrees, 80-84% / 73% / 79% of the faces found were turned back right, and 10 of 1,174 wrong.
+
 The ONNX files are exported by ``python -m training.export_mtcnn`` (they take raw 0..255 pixel
 values: facenet-pytorch's input normalisation is folded into their first convolution). No torch
 at run time.
@@ -45,6 +55,10 @@ import onnxruntime as ort
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 PNET_FILE, RNET_FILE, ONET_FILE = "mtcnn_pnet.onnx", "mtcnn_rnet.onnx", "mtcnn_onet.onnx"
+
+#: Logit by which a turned copy of a face must beat the face as found, for O-Net, before the face
+#: is taken as turned (see "Orientation" above: at 4, no upright face of 1,024 was turned).
+ORIENT_MARGIN = 4.0
 
 #: Longer side (pixels) above which frames are downscaled before detection. 960 halves a 1080p
 #: frame exactly (a quarter for 4K): faces from 24 px (original pixels) up can still be found.
@@ -73,12 +87,15 @@ class DetectedFace:
 
     Landmarks are left eye, right eye, nose, left mouth corner, right mouth corner (as seen in the
     image: "left" is the person's right). ``score`` is the O-Net face probability. The box may
-    extend past the image borders.
+    extend past the image borders. ``orientation`` (0, 90, 180, 270) is how far the face is
+    turned clockwise in the image (see "Orientation" in the module doc): its crop is turned back
+    by as much before scoring.
     """
 
     box: tuple[float, float, float, float]
     landmarks: tuple[tuple[float, float], ...]
     score: float
+    orientation: int = 0
 
 
 def nms(
@@ -323,6 +340,7 @@ class _Frame:
     integral: np.ndarray | None = None
     boxes: np.ndarray | None = None  # [N, 5]: x0, y0, x1, y1, score
     points: np.ndarray | None = None  # [N, 5, 2]
+    turns: np.ndarray | None = None  # [N] quarter turns clockwise of each face (0..3)
 
     def integral_image(self) -> np.ndarray:
         if self.integral is None:
@@ -368,7 +386,8 @@ class FaceDetector:
     ``min_face_size`` is the smallest face side in original image pixels (smaller detections are
     dropped); ``thresholds`` are the P-, R- and O-Net score thresholds; ``factor`` is the pyramid
     scale step; frames with a longer side above ``max_side`` are downscaled to it first (see the
-    module docstring and :data:`DEFAULT_MAX_SIDE`); ``threads`` is how many threads detect at
+    module docstring and :data:`DEFAULT_MAX_SIDE`); ``orient`` checks each face's orientation
+    (module docstring, "Orientation"; False leaves every face at 0); ``threads`` is how many threads detect at
     once (default: the CPUs this process may use): frames side by side, or one image's pyramid
     levels and crops. Call :meth:`close` to stop those threads early (they also end with the
     process).
@@ -381,6 +400,7 @@ class FaceDetector:
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         factor: float = 0.709,
         max_side: int = DEFAULT_MAX_SIDE,
+        orient: bool = True,
         threads: int | None = None,
     ) -> None:
         thresholds = tuple(float(t) for t in thresholds)
@@ -398,6 +418,7 @@ class FaceDetector:
         self.thresholds = thresholds
         self.factor = float(factor)
         self.max_side = int(max_side)
+        self.orient = bool(orient)
         self.threads = int(threads) if threads is not None else _default_threads()
         # Single-threaded sessions (the calling thread runs each call); with threads > 1, a pool
         # of that many threads runs frames, or one frame's pyramid levels and crops, side by side:
@@ -412,8 +433,13 @@ class FaceDetector:
         """Faces in one ``H x W x 3`` uint8 RGB image, highest score first."""
         return self.detect_batch([_check_image(image)])[0]
 
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
+    def detect_batch(
+        self, images: Sequence[np.ndarray], *, orient: bool | None = None, _upright_pass: bool = False
+    ) -> list[list[DetectedFace]]:
         """Faces in each image (see :meth:`detect`); same-size images share network calls.
+
+        ``orient`` overrides the detector's own setting for this call (the orientation pass
+        costs four O-Net crops per face: about 3 ms per face on one core).
 
         With ``threads > 1`` the images are split into that many groups detected side by side
         (one image: its pyramid levels and crops are); the result does not depend on it.
@@ -422,6 +448,7 @@ class FaceDetector:
             images = list(images)
         if not isinstance(images, Sequence):
             raise ValueError(f"expected a list of images, got {type(images).__name__}")
+        orient = self.orient if orient is None else bool(orient)
         frames = [self._prepare(_check_image(im, i)) for i, im in enumerate(images)]
         workers = min(self.threads, len(frames))
         per_chunk = math.ceil(len(frames) / max(1, workers))
@@ -443,13 +470,37 @@ class FaceDetector:
         chunks = [c for c in chunks if c]
         if self.threads <= 1:
             for chunk in chunks:
-                self._run(chunk, self._nets)
+                self._run(chunk, self._nets, orient=orient)
         elif len(chunks) == 1:  # one frame: its pyramid levels and crops are shared out instead
-            self._run(chunks[0], self._nets, self._parallel())
+            self._run(chunks[0], self._nets, self._parallel(), orient=orient)
         else:
-            for _ in self._parallel().map(lambda c: self._run(c, self._nets), chunks):
+            for _ in self._parallel().map(lambda c: self._run(c, self._nets, orient=orient), chunks):
                 pass
-        return [self._faces(f) for f in frames]
+        found = [self._faces(f) for f in frames]
+        if orient and not _upright_pass:
+            for i, faces in enumerate(found):
+                if any(d.orientation for d in faces):
+                    found[i] = self._redetect_turned(images[i], faces)
+        return found
+
+    def _redetect_turned(self, image: np.ndarray, faces: list[DetectedFace]) -> list[DetectedFace]:
+        """Faces of an image where some face is turned: detect again on the image turned back by
+        the most common turn, so the turned faces get MTCNN's upright boxes and landmarks (its
+        boxes on turned faces are poor), mapped back to ``image`` pixels. Faces found upright at
+        first, and turned faces not found again, are kept as they were; overlaps keep the
+        higher score."""
+        angles = [d.orientation for d in faces if d.orientation]
+        angle = max(set(angles), key=angles.count)
+        turns = angle // 90
+        turned = np.ascontiguousarray(np.rot90(image, turns))
+        again = self.detect_batch([turned], _upright_pass=True)[0]
+        mapped = [_turn_clockwise(d, turns, turned.shape, angle) for d in again if d.orientation == 0]
+        kept = [d for d in faces if d.orientation != angle or not mapped] + mapped
+        if not kept:
+            return []
+        boxes = np.array([d.box for d in kept], np.float64)
+        pick = nms(boxes, np.array([d.score for d in kept]), 0.5)
+        return sorted((kept[i] for i in pick), key=lambda d: -d.score)
 
     def close(self) -> None:
         """Stop the detection threads (a later call starts new ones)."""
@@ -490,7 +541,10 @@ class FaceDetector:
             min_len *= self.factor
         return scales
 
-    def _run(self, frames: list[_Frame], nets: _Nets, pool: ThreadPoolExecutor | None = None) -> None:
+    def _run(
+        self, frames: list[_Frame], nets: _Nets, pool: ThreadPoolExecutor | None = None, *,
+        orient: bool = False,
+    ) -> None:
         """Run the cascade on same-size frames, setting each frame's boxes and points.
 
         With ``pool`` (and single-threaded ``nets``), the pyramid levels and the R-/O-Net crops
@@ -503,6 +557,8 @@ class FaceDetector:
         self._stage1(frames, nets.pnet, pool)
         self._stage2(frames, nets.rnet, pool)
         self._stage3(frames, nets.onet, pool)
+        if orient:
+            self._orientation(frames, nets.onet)
         for f in frames:
             f.integral = None
 
@@ -637,11 +693,38 @@ class FaceDetector:
             pick = nms(boxes[:, :4], boxes[:, 4], 0.7, method="min")
             f.boxes, f.points = boxes[pick], points[pick]
 
+    def _orientation(self, frames: list[_Frame], onet: ort.InferenceSession) -> None:
+        """Set each frame's ``turns``: O-Net's face probability for each face's square box turned
+        0-3 quarter turns; a turned copy wins by more than :data:`ORIENT_MARGIN` in logit."""
+        todo: list[tuple[_Frame, np.ndarray]] = []
+        for f in frames:
+            f.turns = np.zeros(len(f.boxes), np.int64)
+            if len(f.boxes):
+                crops, ok = _crops(f.integral_image(), _square(f.boxes.copy()), 48)
+                if ok.all():  # (a box with no pixel in the frame stays at 0)
+                    todo.append((f, crops))
+        if not todo:
+            return
+        faces = np.concatenate([c for _, c in todo])
+        # np.rot90 turns counter-clockwise: copy k undoes a face turned k quarter turns clockwise
+        turned = np.ascontiguousarray(np.concatenate([np.rot90(faces, k, axes=(2, 3)) for k in range(4)]))
+        prob = np.concatenate(
+            [onet.run(None, {"input": turned[i : i + _ONET_CROPS_PER_CALL]})[-1][:, 1]
+             for i in range(0, len(turned), _ONET_CROPS_PER_CALL)]
+        )
+        p = np.clip(prob.reshape(4, -1).T.astype(np.float64), 1e-6, 1 - 1e-6)
+        logit = np.log(p / (1 - p))
+        turns = np.where(logit.max(axis=1) - logit[:, 0] > ORIENT_MARGIN, logit.argmax(axis=1), 0)
+        at = 0
+        for f, crops in todo:
+            f.turns, at = turns[at : at + len(crops)], at + len(crops)
+
     def _faces(self, f: _Frame) -> list[DetectedFace]:
         """Map a frame's detections to original pixels, drop small ones, sort by score."""
         faces = []
         scale = np.array([f.sx, f.sy, f.sx, f.sy], dtype=np.float64)
-        for box, pts in zip(f.boxes, f.points, strict=True):
+        turns = f.turns if f.turns is not None and len(f.turns) == len(f.boxes) else np.zeros(len(f.boxes))
+        for box, pts, turn in zip(f.boxes, f.points, turns, strict=True):
             b = box[:4].astype(np.float64)
             p = pts.astype(np.float64)
             if f.sx != 1.0 or f.sy != 1.0:  # pixel centres: x = (x' + 0.5) * sx - 0.5
@@ -654,10 +737,24 @@ class FaceDetector:
                     box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
                     landmarks=tuple((float(x), float(y)) for x, y in p),
                     score=float(box[4]),
+                    orientation=int(turn) * 90,
                 )
             )
         faces.sort(key=lambda d: -d.score)
         return faces
+
+
+def _turn_clockwise(face: DetectedFace, turns: int, shape: Sequence[int], angle: int) -> DetectedFace:
+    """``face``, found in a picture of ``shape`` (H, W, ...) that was turned ``turns`` quarter turns
+    counter-clockwise, in the pixels of the picture before that turn; ``orientation`` ``angle``."""
+    x0, y0, x1, y1 = face.box
+    points = list(face.landmarks)
+    height, width = int(shape[0]), int(shape[1])
+    for _ in range(turns % 4):  # one clockwise quarter turn: (x, y) -> (H - y, x)
+        x0, y0, x1, y1 = height - y1, x0, height - y0, x1
+        points = [(height - y, x) for x, y in points]
+        height, width = width, height
+    return DetectedFace(box=(x0, y0, x1, y1), landmarks=tuple(points), score=face.score, orientation=angle)
 
 
 def create_face_detector(**kwargs: object) -> FaceDetector:

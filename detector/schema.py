@@ -45,6 +45,11 @@ class Face(BaseModel):
         description="5 points [x, y]: left eye, right eye, nose, left mouth, right mouth"
     )
     detection_score: float
+    orientation: int = Field(
+        default=0,
+        description="how far the face is turned clockwise in the picture (0, 90, 180, 270 degrees); "
+        "it is scored turned back upright",
+    )
     fake_probability: float = Field(description="calibrated probability that the face is fake")
     label: str = Field(description="'real' or 'fake' at the model's balanced threshold")
     label_strict: str = Field(description="'real' or 'fake' at the strict (~1% FPR) threshold")

@@ -22,6 +22,8 @@ from typing import Annotated, Any
 import typer
 
 EXIT_OK, EXIT_FAKE, EXIT_ERROR = 0, 1, 2
+#: Terminal width from which the SHA-256 column fits in the table unfolded (else: below it).
+SHA_TABLE_WIDTH = 150
 _NOT_ERRORS = {"ok", "no_face"}
 
 
@@ -98,7 +100,14 @@ def _print_table(results: list[Any], strict: bool) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 200))
-    console.print(results_table(results, strict))
+    # A terminal too narrow for the 64-digit hashes in the table gets them below it, one per
+    # line in `sha256sum` format (whole, so they copy and `sha256sum -c` checks them).
+    wide = console.width >= SHA_TABLE_WIDTH
+    console.print(results_table(results, strict, sha_column=wide))
+    if not wide and any(r.sha256 for r in results):
+        console.print("SHA-256:", markup=False, highlight=False)
+        for line in sha256_lines(results):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     if results and results[0].model is not None:
         m = results[0].model
         threshold = m.threshold_strict if strict else m.threshold_balanced
@@ -109,8 +118,14 @@ def _print_table(results: list[Any], strict: bool) -> None:
         )
 
 
-def results_table(results: list[Any], strict: bool = False) -> Any:
-    """The scan table (a ``rich.table.Table``): one row per file, one per video track."""
+def sha256_lines(results: list[Any]) -> list[str]:
+    """``HASH  path`` for each result with a hash, as ``sha256sum`` prints and checks them."""
+    return [f"{r.sha256}  {r.path}" for r in results if r.sha256]
+
+
+def results_table(results: list[Any], strict: bool = False, sha_column: bool = True) -> Any:
+    """The scan table (a ``rich.table.Table``): one row per file, one per video track; without
+    ``sha_column`` the hashes are left to :func:`sha256_lines`."""
     from rich.table import Table
     from rich.text import Text
 
@@ -122,7 +137,9 @@ def results_table(results: list[Any], strict: bool = False) -> Any:
     table.add_column("verdict", no_wrap=True, min_width=7)
     table.add_column("p(fake)", justify="right", no_wrap=True, min_width=7)
     table.add_column("faces", justify="right", no_wrap=True, min_width=5)
-    table.add_column("SHA-256", overflow="fold", min_width=16, max_width=64)
+    if sha_column:
+        table.add_column("SHA-256", overflow="fold", min_width=16, max_width=64)
+    blank = ("",) * (5 if sha_column else 4)
     key = "label_strict" if strict else "label"
     for r in results:
         verdict = getattr(r, key) or "-"
@@ -134,13 +151,12 @@ def results_table(results: list[Any], strict: bool = False) -> Any:
             n_faces = str(sum(len(f.faces) for f in r.frames))
         else:
             n_faces = "-"
-        table.add_row(
-            Text(r.path), Text(r.status), Text(verdict, style=style), prob, n_faces, r.sha256 or "-"
-        )
+        sha = (r.sha256 or "-",) if sha_column else ()
+        table.add_row(Text(r.path), Text(r.status), Text(verdict, style=style), prob, n_faces, *sha)
         if r.error:
-            table.add_row(Text(f"  {r.error}", style="dim"), "", "", "", "", "")
+            table.add_row(Text(f"  {r.error}", style="dim"), *blank)
         for warning in r.warnings:
-            table.add_row(Text(f"  warning: {warning}", style="yellow"), "", "", "", "", "")
+            table.add_row(Text(f"  warning: {warning}", style="yellow"), *blank)
         for tr in r.tracks or []:
             label = tr.label_strict if strict else tr.label
             table.add_row(
@@ -150,7 +166,7 @@ def results_table(results: list[Any], strict: bool = False) -> Any:
                 Text(label or "-"),
                 f"{tr.fake_probability:.3f}",
                 str(len(tr.frames)),
-                "",
+                *(("",) if sha_column else ()),
             )
     return table
 

@@ -231,7 +231,7 @@ def test_table_keeps_verdict_columns_on_a_narrow_terminal(tiny_model: Path, medi
     from rich.console import Console
 
     from detector.schema import AnalysisResult
-    from facetrust._scan import results_table
+    from facetrust._scan import results_table, sha256_lines
 
     _, out, _ = scan_json(media["face"], media["noface"], "--model", tiny_model)
     results = [AnalysisResult.model_validate(r) for r in out]
@@ -245,6 +245,27 @@ def test_table_keeps_verdict_columns_on_a_narrow_terminal(tiny_model: Path, medi
     assert "no_face" in text
     cells = "".join(line.rsplit("│", 2)[-2].strip() for line in text.splitlines() if line.count("│") >= 7)
     assert out[0]["sha256"] in cells and out[1]["sha256"] in cells  # folded, not cut
+    # what `scan` prints on a narrow terminal: no hash column, whole hashes below the table
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    console.print(results_table(results, sha_column=False))
+    narrow = console.file.getvalue()
+    assert "SHA-256" not in narrow and out[0]["sha256"][:16] not in narrow and "no_face" in narrow
+    assert sha256_lines(results) == [f"{r['sha256']}  {r['path']}" for r in out]
+
+
+def test_narrow_terminal_prints_whole_hashes_below_the_table(tiny_model: Path, media: dict) -> None:
+    """Through a real pseudo-terminal 80 columns wide: every hash on one line of its own, in
+    `sha256sum` format."""
+    import shutil
+
+    if shutil.which("script") is None:
+        pytest.skip("util-linux `script` is needed to give the command a terminal")
+    command = f"stty cols 80; {sys.executable} -m facetrust scan --model {tiny_model} {media['face']}"
+    proc = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True,
+                          timeout=180, cwd=REPO)
+    digest = hashlib.sha256(media["face"].read_bytes()).hexdigest()
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    assert f"{digest}  {media['face']}" in lines, proc.stdout
 
 
 def test_scan_path_never_imports_torch(tiny_model: Path, media: dict[str, Path]) -> None:

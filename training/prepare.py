@@ -23,12 +23,15 @@ For each media file a dataset card lists (:func:`training.cards.list_items`):
 ``OUT/index.jsonl`` gets one JSON object per crop::
 
     {id, file, label (0 real / 1 fake), method, group, split, role, source (media path relative
-     to ROOT), frame, time, det_score, box, landmarks5, landmarks68, image_box, image_size}
+     to ROOT), frame, time, det_score, box, landmarks5, landmarks68, image_box, image_size,
+     orientation}
 
 ``box``/``landmarks5``/``landmarks68`` are in *crop* pixels (``image_box`` is the box in the
-original frame): ``crop_face(crop, box, model_margin, model_size)`` on the stored crop gives
-serving's crop. ``OUT/meta.json`` holds the card, settings, detector settings and counts;
-``OUT/failures.jsonl`` one line per unreadable file (logged and counted, never fatal).
+original frame; a face the detector found turned, ``orientation`` degrees clockwise, is
+stored turned back upright, as serving scores it): ``crop_face(crop, box, model_margin,
+model_size)`` on the stored crop gives serving's crop. ``OUT/meta.json`` holds the card,
+settings, detector settings and counts; ``OUT/failures.jsonl`` one line per unreadable file
+(logged and counted, never fatal).
 
 Resumable: each finished media file leaves ``OUT/sources/<hash>.json`` (written atomically;
 its crops and records, or its failure); a rerun skips those and rebuilds ``index.jsonl``,
@@ -229,16 +232,19 @@ def _detect_batch(task: _Task, batch: list[tuple[int, float | None, np.ndarray]]
     s = task.settings
     detections = _STATE["detector"].detect_batch([img for _, _, img in batch])
     landmarker = _STATE.get("landmarker")
+    from detector.crops import turn_back
     from training.landmarks import MAX_DISAGREEMENT, agreement
 
     for (index, t, img), faces in zip(batch, detections, strict=True):
         res.frames += 1
         res.faces_seen += len(faces)
         for k, face in _keep(faces, task.label, s):
-            crop = crop_face(img, face.box, s.margin, s.size)
-            corners = to_crop_coords([face.box[:2], face.box[2:4]], face.box, s.margin, s.size)
+            # a turned face is stored turned back, as serving scores it (detector.crops.crop_boxes)
+            pic, fbox, fmarks = turn_back(img, face.box, face.orientation, face.landmarks)
+            crop = crop_face(pic, fbox, s.margin, s.size)
+            corners = to_crop_coords([fbox[:2], fbox[2:4]], fbox, s.margin, s.size)
             box = corners.reshape(-1).tolist()
-            lm5 = to_crop_coords(face.landmarks, face.box, s.margin, s.size)
+            lm5 = to_crop_coords(fmarks, fbox, s.margin, s.size)
             lm68 = None
             if landmarker is not None:
                 pts = landmarker(crop, lm5)
@@ -269,6 +275,7 @@ def _detect_batch(task: _Task, batch: list[tuple[int, float | None, np.ndarray]]
                 "landmarks5": _r(lm5),
                 "landmarks68": lm68,
                 "image_box": _r(face.box),
+                "orientation": int(face.orientation),
                 "image_size": [int(img.shape[1]), int(img.shape[0])],
             })
 

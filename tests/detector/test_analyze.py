@@ -224,6 +224,39 @@ def test_no_face_video(analyzer: Analyzer, tmp_path: Path) -> None:
     assert r.tracks == [] and r.frames is not None and len(r.frames) == 4
 
 
+class _CountingDetector(FaceDetector):
+    """Records, per detection call, how many frames it got and whether it checked orientation."""
+
+    def __init__(self) -> None:
+        super().__init__(threads=1)
+        self.calls: list[tuple[int, bool]] = []
+
+    def detect_batch(self, images, *, orient=None, _upright_pass=False):  # type: ignore[no-untyped-def]
+        if not _upright_pass:
+            self.calls.append((len(images), bool(self.orient if orient is None else orient)))
+        return super().detect_batch(images, orient=orient, _upright_pass=_upright_pass)
+
+
+def test_video_orientation_is_probed_then_left_off_or_kept(tiny_model: Path, astronaut, tmp_path) -> None:
+    """Upright video: the orientation pass runs on the first frames with faces only. A video
+    turned as a whole (no rotation tag): it stays on and every face is scored turned back."""
+    from detector.analyze import ORIENT_PROBE_FRAMES
+
+    detector = _CountingDetector()
+    an = create_analyzer(tiny_model, face_detector=detector, batch_size=2)
+    upright = face_video(tmp_path / "up.mp4", astronaut, people=1, frames=12)
+    r = an.analyze_path(upright, sampling=Sampling("all"))
+    assert r.status == "ok" and all(f.orientation == 0 for fr in r.frames for f in fr.faces)
+    probed = sum(n for n, orient in detector.calls if orient)
+    assert ORIENT_PROBE_FRAMES <= probed < 12 and sum(n for n, _ in detector.calls) == 12
+    detector.calls.clear()
+    picture = np.ascontiguousarray(np.rot90(astronaut, -1))  # turned 90 degrees clockwise
+    turned = mf.write_video(tmp_path / "turned.mp4", n_frames=12, size=(512, 512), draw=lambda i: picture)
+    r = an.analyze_path(turned, sampling=Sampling("all"))
+    assert all(orient for _, orient in detector.calls)
+    assert r.status == "ok" and [f.orientation for fr in r.frames for f in fr.faces] == [90] * 12
+
+
 def test_damaged_and_cut_videos_say_so(analyzer: Analyzer, astronaut, tmp_path: Path) -> None:
     """A verdict on part of a video carries a warning; a clean video carries none."""
     src = mf.write_video(tmp_path / "clip.mp4", n_frames=40, size=(256, 256), draw=astronaut, gop=10,

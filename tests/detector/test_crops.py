@@ -17,6 +17,7 @@ from detector.crops import (
     square_box,
     to_crop_coords,
     to_model_input,
+    turn_back,
     view_boxes,
 )
 
@@ -119,3 +120,20 @@ def test_crop_boxes_stacks_one_crop_or_the_views_of_each_box() -> None:
     assert crop_boxes(image, [], 1.3, 24, VIEWS).shape == (0, 24, 24, 3)
     with pytest.raises(ValueError, match="views must be 1 or 4"):
         crop_boxes(image, boxes, 1.3, 24, 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(2, 40), w=st.integers(2, 40), data=st.data(), angle=st.sampled_from([0, 90, 180, 270])
+)
+def test_turn_back_moves_points_and_boxes_with_the_pixels(h, w, data, angle) -> None:
+    """A marked pixel's centre, and a box around it, follow the picture through the turn."""
+    x, y = data.draw(st.integers(0, w - 1)), data.draw(st.integers(0, h - 1))
+    image = np.zeros((h, w, 3), np.uint8)
+    image[y, x] = 255
+    pic, box, (point,) = turn_back(image, (x, y, x + 1, y + 1), angle, [(x + 0.5, y + 0.5)])
+    (ty,), (tx,) = np.nonzero(pic[:, :, 0])
+    assert pic.shape[:2] == ((h, w) if angle in (0, 180) else (w, h)) and pic.flags.c_contiguous
+    assert point == pytest.approx((tx + 0.5, ty + 0.5))
+    assert box == pytest.approx((tx, ty, tx + 1, ty + 1))
+

@@ -215,6 +215,48 @@ def test_detected_face_is_frozen_plain_python(detector, astronaut):
     assert all(x0 < x < x1 and y0 < y < y1 for x, y in face.landmarks)
 
 
+def _assert_found_turned_back(detector: FaceDetector, picture: np.ndarray, angle: int) -> None:
+    """``picture`` turned ``angle`` degrees clockwise: its one face is found with that
+    orientation, and its box, mapped back through the turn, is exactly the upright picture's;
+    the crop turned back is the upright crop."""
+    from detector.crops import crop_boxes
+
+    (upright,) = detector.detect(picture)
+    assert upright.orientation == 0
+    turned = np.ascontiguousarray(np.rot90(picture, -angle // 90))  # clockwise
+    (face,) = detector.detect(turned)
+    assert face.orientation == angle and face.score == pytest.approx(upright.score)
+    h, w = picture.shape[:2]
+    x0, y0, x1, y1 = upright.box
+    corners = {(x, y) for x in (x0, x1) for y in (y0, y1)}
+    for _ in range(angle // 90):  # where the upright box's corners go under each clockwise turn
+        corners = {(h - y, x) for x, y in corners}
+        h, w = w, h
+    xs, ys = sorted({x for x, _ in corners}), sorted({y for _, y in corners})
+    assert face.box == pytest.approx((xs[0], ys[0], xs[-1], ys[-1]), abs=1e-6)
+    crop_turned = crop_boxes(turned, [face.box], 1.3, 160, orientations=[face.orientation])
+    assert np.array_equal(crop_turned, crop_boxes(picture, [upright.box], 1.3, 160))
+
+
+def test_turned_face_is_found_turned_back(detector, astronaut):
+    _assert_found_turned_back(detector, astronaut, 90)  # upside down or at 270, MTCNN misses it
+
+
+@pytest.mark.parametrize(("index", "angle"), [(66, 180), (0, 270)])
+def test_turned_video_faces_are_found_turned_back(detector, shared_data, index, angle):
+    from detector.video import Sampling, iter_sampled_frames
+
+    clip = shared_data / "videos/real/liveportrait_d0.mp4"
+    (frame,) = [f for f in iter_sampled_frames(clip, Sampling("all")) if f.index == index]
+    _assert_found_turned_back(detector, frame.image_rgb, angle)
+
+
+def test_orientation_pass_can_be_switched_off(astronaut):
+    plain = FaceDetector(orient=False, threads=1)
+    turned = np.ascontiguousarray(np.rot90(astronaut, 2))
+    assert all(f.orientation == 0 for f in plain.detect(turned))
+
+
 def test_downscale_maps_back_to_original_pixels(astronaut):
     big = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_LINEAR)
     (small,) = FaceDetector(max_side=2048).detect(astronaut)
