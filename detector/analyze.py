@@ -230,6 +230,7 @@ class Analyzer:
         try:
             if _media_kind(data[:SNIFF_BYTES], lambda: data) != "image":
                 raise MediaError(Status.unsupported, "this is a video, not a still image")
+            base.media_type = "image"  # from the magic bytes, even if decoding then fails
             return self._image(data, name, base, timer)
         except Exception as exc:  # noqa: BLE001
             return self._failed(base, exc, timer)

@@ -77,16 +77,34 @@ class SamplingQuery:
     sampling: Sampling | None
 
 
+#: Statuses answered before the request body was read to its end (bad Content-Length, upload
+#: too slow, too large): the connection is closed after the answer instead of kept alive.
+CLOSE_AFTER = frozenset({400, 408, 413})
+
+#: The query parameters of the analysis routes.
+QUERY_PARAMS = ("frames", "fps", "all_frames")
+
+
 def sampling_query(
+    request: Request,
     frames: Annotated[
         int | None, Query(ge=1, le=100_000, description="sample this many frames evenly (default 32)")
     ] = None,
     fps: Annotated[
-        float | None, Query(gt=0, le=240, description="sample this many frames per second")
+        float | None,
+        Query(gt=0, le=240, allow_inf_nan=False, description="sample this many frames per second"),
     ] = None,
     all_frames: Annotated[bool, Query(description="analyse every frame")] = False,
 ) -> SamplingQuery:
-    """Parse ``frames`` / ``fps`` / ``all_frames`` (ignored for images)."""
+    """Parse ``frames`` / ``fps`` / ``all_frames`` (ignored for images). An unknown or repeated
+    parameter is refused (422): a misspelt ``FRAMES=4`` must not quietly become the default."""
+    unknown = sorted({k for k in request.query_params if k not in QUERY_PARAMS})
+    if unknown:
+        raise ApiError(422, "bad_request", f"unknown query parameter(s): {', '.join(unknown)} "
+                       f"(allowed: {', '.join(QUERY_PARAMS)})")
+    repeated = [k for k in QUERY_PARAMS if len(request.query_params.getlist(k)) > 1]
+    if repeated:
+        raise ApiError(422, "bad_request", f"query parameter(s) given more than once: {', '.join(repeated)}")
     chosen = [
         name
         for name, on in (("frames", frames is not None), ("fps", fps is not None), ("all_frames", all_frames))
@@ -163,10 +181,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
             error=ErrorDetail(code=code, message=message),
             result=result,
         )
+        extra = dict(headers or {})
+        if status in CLOSE_AFTER:  # the body may still be arriving: do not keep reading it
+            extra["Connection"] = "close"
         return JSONResponse(
             body.model_dump(mode="json"),
             status_code=status,
-            headers={**(headers or {}), **identity_headers(ctx, server.model_header)},
+            headers={**extra, **identity_headers(ctx, server.model_header)},
         )
 
     @app.exception_handler(ApiError)

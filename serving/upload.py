@@ -125,7 +125,11 @@ class _Receiver:
         if self.files > 1:
             raise ApiError(422, "bad_request", f"exactly one file per request (field '{FIELD}' repeated)")
         raw = options.get(b"filename")
-        self.filename = raw.decode("utf-8", "replace") if raw is not None else None
+        if raw is None:  # a plain form value (`-F file=hello`), not an uploaded file
+            raise ApiError(
+                422, "bad_request", f"field '{FIELD}' must be a file upload (with a filename), not text"
+            )
+        self.filename = raw.decode("utf-8", "replace")
         self.in_file = True
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:

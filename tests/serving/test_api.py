@@ -137,15 +137,37 @@ def test_sync_frame_limit(live: LiveServer, face_video: bytes) -> None:
         {"frames": 4, "fps": 2},
         {"frames": 2, "all_frames": True},
         {"frames": 10**9},
+        {"fps": "nan"},
+        {"fps": "inf"},
+        {"FRAMES": 4},
+        {"bogus": 1},
+        [("frames", 4), ("frames", 5)],
     ],
 )
-def test_bad_sampling_parameters(live: LiveServer, small_face_jpeg: bytes, params: dict) -> None:
+def test_bad_sampling_parameters(live: LiveServer, small_face_jpeg: bytes, params) -> None:
     with live.client() as c:
         r = c.post("/v1/analyze", params=params, files={"file": ("a.jpg", small_face_jpeg)})
+        job = c.post("/v1/jobs", params=params, files={"file": ("a.jpg", small_face_jpeg)})
+    for resp in (r, job):
+        assert resp.status_code == 422, resp.text
+        body = resp.json()
+        assert body["error"]["code"] in ("bad_request", "over_sync_limit")
+        assert body["model"]["name"] == "tiny-test" and body["request_id"]
+    message = r.json()["error"]["message"]
+    if "FRAMES" in str(params) or "bogus" in str(params):
+        assert "unknown query parameter" in message and "allowed: frames, fps, all_frames" in message
+    if "nan" in str(params) or "inf" in str(params):
+        assert "finite" in message
+
+
+def test_undecodable_image_keeps_its_media_type(live: LiveServer, small_face_jpeg: bytes) -> None:
+    """A truncated JPEG is still an image by its magic bytes: `media_type` says so."""
+    with live.client() as c:
+        r = c.post("/v1/analyze", files={"file": ("cut.jpg", small_face_jpeg[: len(small_face_jpeg) // 2])})
     assert r.status_code == 422, r.text
-    body = r.json()
-    assert body["error"]["code"] in ("bad_request", "over_sync_limit")
-    assert body["model"]["name"] == "tiny-test" and body["request_id"]
+    result = r.json()["result"]
+    assert result["status"] == "unreadable" and result["media_type"] == "image"
+    assert result["fake_probability"] is None
 
 
 def test_metrics(live: LiveServer, small_face_jpeg: bytes) -> None:

@@ -76,11 +76,26 @@ def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict
     return status, headers, body
 
 
+def closed_by_server(sock: socket.socket, within: float = 5.0) -> bool:
+    """True when the server closes the connection within ``within`` seconds (EOF or reset)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
 def test_declared_oversize_is_refused_before_reading(live: LiveServer) -> None:
-    """Content-Length over the limit: 413 at once, while the client has sent no body byte."""
+    """Content-Length over the limit: 413 at once, while the client has sent no body byte; the
+    server then closes the connection (it will not read the 10 GB it was promised)."""
     with start_upload(live, f"Content-Length: {10 * 1024**3}", "declared-big") as sock:
         t0 = time.monotonic()
         status, headers, body = read_response(sock)
+        assert headers.get("connection") == "close" and closed_by_server(sock)
     assert status == 413 and time.monotonic() - t0 < 5
     assert json.loads(body)["error"]["code"] == "too_large"
     assert headers["x-facetrust-model"] == "tiny-test/0.0.1"
@@ -149,6 +164,7 @@ def test_file_just_over_the_limit_within_framing_slack(live: LiveServer) -> None
             "unexpected form field",
         ),
         ("text field only", "multipart", multipart(("comment", None, b"hello")), "unexpected form field"),
+        ("file as a text value", "multipart", multipart(("file", None, b"hello")), "must be a file upload"),
         (
             "extra field",
             "multipart",
@@ -215,7 +231,8 @@ def test_slow_upload_gets_408(tight: LiveServer) -> None:
     with start_upload(tight, f"Content-Length: {len(body)}") as sock:
         sock.sendall(body[:1000])
         t0 = time.monotonic()
-        status, _, payload = read_response(sock, timeout=15)
+        status, headers, payload = read_response(sock, timeout=15)
+        assert headers.get("connection") == "close" and closed_by_server(sock)
     assert status == 408 and 1.5 < time.monotonic() - t0 < 10
     assert json.loads(payload)["error"]["code"] == "upload_timeout"
     assert tight.wait_no_leftovers() == []
