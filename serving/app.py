@@ -6,6 +6,8 @@ process, without decoding any upload) and returns the app; workers start in the 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -76,6 +78,9 @@ class SamplingQuery:
 
     sampling: Sampling | None
 
+
+#: Seconds between checks that the client of a synchronous analysis is still connected.
+DISCONNECT_POLL_S = 0.5
 
 #: Statuses answered before the request body was read to its end (bad Content-Length, upload
 #: too slow, too large): the connection is closed after the answer instead of kept alive.
@@ -279,6 +284,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             )
         async with server.admission():
             upload = await _receive(request, ctx)
+            gone = threading.Event()  # set when the client disconnects: the worker is stopped
+            watcher = asyncio.create_task(_watch_disconnect(request, gone))
             try:
                 fmt = server.classify_upload(upload, ctx)
                 analysis = await server.analyze(
@@ -289,9 +296,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
                     max_frames=settings.sync_max_frames,
                     queue_timeout=settings.timeout,
                     ctx=ctx,
+                    cancel=gone,
                 )
             finally:
+                watcher.cancel()
                 upload.discard()
+            if gone.is_set():  # nobody is waiting for this answer: log it as a disconnect
+                raise ClientDisconnect()
         if analysis.http_status != 200:
             raise ApiError(
                 analysis.http_status,
@@ -303,6 +314,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
             request_id=ctx.request_id, model=server.model_info, sha256=upload.sha256, result=analysis.result
         )
         return _envelope_json(body, ctx)
+
+    async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
+        """Set ``gone`` when the client of a synchronous analysis hangs up (polled twice a second)."""
+        while not gone.is_set():
+            if await request.is_disconnected():
+                gone.set()
+                return
+            await asyncio.sleep(DISCONNECT_POLL_S)
 
     async def _receive(request: Request, ctx: RequestContext) -> Any:
         t0 = time.perf_counter()

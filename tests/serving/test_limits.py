@@ -225,6 +225,23 @@ def test_client_vanishing_mid_upload_leaves_nothing(live: LiveServer) -> None:
         assert c.get("/readyz").status_code == 200
 
 
+def test_client_leaving_during_analysis_stops_the_worker(live: LiveServer, small_face_jpeg: bytes) -> None:
+    """The whole upload arrives, then the client hangs up while its (hanging) analysis runs: the
+    server notices, stops the worker long before its 30 s timeout, logs a disconnect, not a 200."""
+    body = multipart(("file", "facetrust-fault-hang.jpg", small_face_jpeg))
+    t0 = time.monotonic()
+    with start_upload(live, f"Content-Length: {len(body)}", "left-early") as sock:
+        sock.sendall(body)
+        time.sleep(0.5)
+    record = live.audit("left-early", timeout=15)
+    assert record["error"] == "client_disconnected" and record["status"] != 200
+    assert time.monotonic() - t0 < 10
+    assert live.wait_no_leftovers() == []
+    with live.client() as c:  # the worker was replaced: the next analysis runs
+        r = c.post("/v1/analyze", files={"file": ("a.jpg", small_face_jpeg)})
+    assert r.status_code == 200, r.text
+
+
 def test_slow_upload_gets_408(tight: LiveServer) -> None:
     """upload_timeout is 2 s on the tight server: a client that stalls mid-body gets 408."""
     body = multipart(("file", "a.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 5000))
