@@ -198,8 +198,15 @@ def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str
 
 
 def worker_main(conn: Any, config: WorkerConfig) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process.
+
+    It ignores SIGINT and SIGTERM: a Ctrl-C in a terminal or a service manager's stop signals
+    the whole process group, and the server stops its workers itself (politely, then by force);
+    a worker that died of the signal first would be replaced during the shutdown. It dies with
+    the server if the server is killed (``PR_SET_PDEATHSIG``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     try:
         if config.temp_dir:

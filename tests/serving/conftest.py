@@ -120,10 +120,14 @@ class LiveServer:
                 return left
             time.sleep(0.05)
 
-    def stop(self) -> int:
-        """SIGTERM, wait, return the exit status."""
+    def stop(self, group: bool = False) -> int:
+        """SIGTERM (to the whole process group with ``group``, as systemd and Ctrl-C in a
+        terminal do: the workers get it too), wait, return the exit status."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if group:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -160,6 +164,7 @@ def start_server(
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group (see LiveServer.stop)
         )
     server = LiveServer(f"http://127.0.0.1:{port}", temp_dir, log_path, proc, keys)
     try:
@@ -170,11 +175,18 @@ def start_server(
     return server
 
 
-def assert_clean_stop(server: LiveServer) -> None:
-    """SIGTERM stops the server gracefully (uvicorn re-raises the signal: -15) with nothing left."""
-    code = server.stop()
+def assert_clean_stop(server: LiveServer, group: bool = False) -> None:
+    """SIGTERM stops the server gracefully (uvicorn re-raises the signal: -15) with nothing left:
+    no process of its group, no traceback while stopping, no file."""
+    code = server.stop(group=group)
     assert code in (0, -signal.SIGTERM), server.log()[-3000:]
     assert "Application shutdown complete" in server.log()
+    stopping = server.log().split("Shutting down")[-1]
+    assert "Traceback" not in stopping and "BrokenPipeError" not in stopping, stopping[-3000:]
+    deadline = time.monotonic() + 5
+    while _group_members(server.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _group_members(server.proc.pid) == [], "worker processes outlived the server"
     assert server.leftover_files() == []
     assert list(server.temp_dir.iterdir()) == []
 
@@ -209,6 +221,20 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
     assert_clean_stop(server)
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                out.append(int(entry.name))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tight(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
     """1 worker, no queue (a second analysis gets 503), 3 s timeout, 1 GiB workers, 3 s job TTL,
@@ -227,4 +253,4 @@ def tight(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
         },
     )
     yield server
-    assert_clean_stop(server)
+    assert_clean_stop(server, group=True)  # as systemd stops a service: the workers get it too
