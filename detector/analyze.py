@@ -543,7 +543,9 @@ def stream_warnings(video: VideoInfo, last_time: float | None) -> list[str]:
     ``last_time``: the time of the last analysed frame (None when none was).
     """
     out = []
-    if video.decode_errors or video.frames_damaged:
+    if video.frames_damaged and not video.decode_errors:
+        out.append(f"{video.frames_damaged} frame(s) cut short at the end of the file were not analysed")
+    elif video.decode_errors:
         out.append(
             f"damaged video data: the decoder rejected {video.decode_errors} packet(s); "
             f"{video.frames_damaged} frame(s) lost or built on damaged data were not analysed "

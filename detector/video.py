@@ -447,6 +447,16 @@ class _Scan:
     end: int | None = None  # the largest pts + duration among the packets (stream time base)
 
 
+def _ends_with(path: str | Path, tail: bytes) -> bool:
+    """Whether the file at ``path`` ends with ``tail``."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() < len(tail):
+            return False
+        fh.seek(-len(tail), 2)
+        return fh.read() == tail
+
+
 def _scan_packets(
     path: str | Path, kind: str, stream_index: int, limits: VideoLimits, deadline: float | None
 ) -> _Scan:
@@ -573,6 +583,13 @@ class SampledFrames(Iterator[SampledFrame]):
                 raise MediaError(Status.unreadable, f"{kind} file has no video frames")
             # a header frame count well above what the file holds also means a cut-off file
             self.truncated = scan.broken or bool(self.meta.frames and len(scan.pts) < 0.9 * self.meta.frames)
+            if kind == "gif" and not _ends_with(path, b";"):
+                # a GIF cut before its trailer: its last frame may be partly decoded, never score it
+                self.truncated = True
+                scan = _Scan(scan.pts[:-1], scan.keyframe[:-1], True, None)
+                self.frames_damaged = 1
+                if not scan.pts:
+                    raise MediaError(Status.unreadable, "gif file is cut before the end of its first frame")
             self._start = stream.start_time
             self._plan = _Plan.build(scan) if optimize else None
             self._wanted = self._choose(scan)
@@ -602,6 +619,9 @@ class SampledFrames(Iterator[SampledFrame]):
             last = float((plan.pts[-1] - self._start) * tb)
             end = scan.end if scan.end is not None and scan.end > plan.pts[-1] else None
             measured = float(((end or plan.pts[-1]) - self._start) * tb)
+            promised = self.meta.duration
+            if promised is not None and measured < promised - max(1.0, 0.1 * promised):
+                self.truncated = True  # the header promises much more than the file holds: cut off
             self.meta = replace(self.meta, duration=round(measured, 6))
             if last > self.limits.max_duration_s + _DURATION_SLACK:
                 raise MediaError(
@@ -661,6 +681,12 @@ class SampledFrames(Iterator[SampledFrame]):
         except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
             self.decode_errors += 1
             self._damaged = pos
+            # Reset the decoder: with frame threads (and err_detect=explode) an error would
+            # otherwise repeat on every later packet; the frames in flight are lost (counted).
+            try:
+                self._stream.codec_context.flush_buffers()
+            except (av.FFmpegError, OSError, ValueError):
+                pass
             if self.decode_errors >= MAX_DECODE_ERRORS:
                 self._broken(exc)
             return []

@@ -7,6 +7,7 @@ the resolved config as ``config.yaml`` beside its checkpoints. Unknown keys are 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -162,6 +163,10 @@ class TrainConfig:
             raise ConfigError("augment.box_shift and augment.box_scale must be within 0..0.25")
         if self.workers < 0:
             raise ConfigError("workers must be >= 0")
+        if self.validation.max_items is not None and self.validation.max_items < 1:
+            raise ConfigError("validation.max_items must be >= 1 (or null: no cap)")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise ConfigError("samples_per_epoch must be >= 1 (or null: the whole training split)")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ConfigError("cpu_threads must be >= 1")
         return self
@@ -253,11 +258,42 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``dotted`` (``a.b``; a number indexes a list, e.g. ``data.0.path``) to ``value`` in
+    ``data``; a dict value is merged into a dict already there."""
+    keys = dotted.split(".")
+    node: Any = data
+    for depth, k in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise ConfigError(f"override {dotted!r}: {k!r} is not an index of a {len(node)}-item list")
+            i = int(k)
+            if last:
+                node[i] = value
+            else:
+                if isinstance(node[i], str):  # a data source given as its path alone
+                    node[i] = {"path": node[i]}
+                node = node[i]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {keys[depth - 1]!r} is not a section")
+        if last:
+            merge = isinstance(value, dict) and isinstance(node.get(k), dict)
+            node[k] = _merge(node[k], value) if merge else value
+        else:
+            node = node.setdefault(k, {})
+
+
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from a dict plus ``key=value`` overrides."""
     if not isinstance(data, dict):
         raise ConfigError("the config must be a YAML mapping")
-    merged = _merge(data, parse_overrides(overrides))
+    merged = copy.deepcopy(data)
+    for item in overrides or []:
+        parse_overrides([item])  # the same checks and messages
+        key, raw = item.split("=", 1)
+        _apply_override(merged, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
     return _build(TrainConfig, merged).validate()
 
 

@@ -205,18 +205,31 @@ def export_run(path: str | Path, out: str | Path, *, int8: bool = False, calibra
     fakes = [k for k in range(len(val_ds)) if y[k] == 1][: PARITY_CROPS - len(reals)]
     check = _inputs(val_ds, reals + fakes)
     model.cpu()
-    parity = export_classifier(model, card, out, check_inputs=check)
-    result: dict[str, Any] = {
-        "onnx": str(out),
-        "checkpoint": str(ckpt),
-        "parity_max_abs_prob_diff": parity,
-        "parity_crops": len(check),
-        "calibration": cal.report,
-        "validation": report,
-        "card": card.to_dict(),
-    }
-    if int8:
-        result["int8"] = _try_int8(out, card, cfg, data, val_dl, y, mean, std, quantize_int8)
+    # Written under temporary names next to ``out`` and renamed at the end: an interrupted or
+    # failed export leaves the files that were there before (or none), never half a model.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.partial{os.getpid()}.onnx")
+    q_out = out.with_name(out.stem + ".int8.onnx")
+    q_tmp = tmp.with_name(tmp.stem + ".int8.onnx")
+    try:
+        parity = export_classifier(model, card, tmp, check_inputs=check)
+        result: dict[str, Any] = {
+            "onnx": str(out),
+            "checkpoint": str(ckpt),
+            "parity_max_abs_prob_diff": parity,
+            "parity_crops": len(check),
+            "calibration": cal.report,
+            "validation": report,
+            "card": card.to_dict(),
+        }
+        if int8:
+            result["int8"] = _try_int8(tmp, card, cfg, data, val_dl, y, mean, std, quantize_int8, q_out.name)
+        if q_tmp.exists():
+            os.replace(q_tmp, q_out)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        q_tmp.unlink(missing_ok=True)
     (run / "calibration.json").write_text(json.dumps(cal.report, indent=2), encoding="utf-8")
     (run / "export.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
     log.info("exported %s (parity %.2e); balanced threshold %.4f, strict %.4f, calibration %s", out, parity,
@@ -225,7 +238,9 @@ def export_run(path: str | Path, out: str | Path, *, int8: bool = False, calibra
 
 
 def _try_int8(out: Path, card: ModelCard, cfg: TrainConfig, data: Data, val_dl: DataLoader, y: np.ndarray,
-              mean: Any, std: Any, quantize: Any) -> dict[str, Any]:
+              mean: Any, std: Any, quantize: Any, final_name: str) -> dict[str, Any]:
+    """Quantise ``out`` to ``<out stem>.int8.onnx`` beside it; ``final_name`` is the name the INT8
+    file will have once renamed (recorded in the card)."""
     from training.export import embed_card
 
     rng = np.random.default_rng([cfg.seed, 8])
@@ -241,7 +256,7 @@ def _try_int8(out: Path, card: ModelCard, cfg: TrainConfig, data: Data, val_dl: 
     keep = auc_fp32 is not None and auc_int8 is not None and auc_fp32 - auc_int8 <= INT8_MAX_AUC_DROP
     info = {"auc_fp32": auc_fp32, "auc_int8": auc_int8, "max_drop": INT8_MAX_AUC_DROP, "kept": bool(keep),
             # the file's name, next to the FP32 model: a path would name the exporting machine's folders
-            "calibration_crops": int(len(calib)), "file": q_path.name if keep else None}
+            "calibration_crops": int(len(calib)), "file": final_name if keep else None}
     cal8 = None
     if keep:
         # INT8 logits are not FP32's: the INT8 file gets its own calibration and thresholds,

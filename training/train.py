@@ -150,15 +150,21 @@ def save_weights(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
 
 def load_weights_file(model: nn.Module, path: Path) -> dict[str, Any]:
     """Load safetensors weights saved by :func:`save_weights`; returns their metadata."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise TrainError(f"checkpoint not found: {path}")
-    model.load_state_dict(load_file(str(path)))
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    return {k: json.loads(v) for k, v in meta.items()}
+    try:
+        model.load_state_dict(load_file(str(path)))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return {k: json.loads(v) for k, v in meta.items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as exc:  # not our weights
+        raise TrainError(
+            f"{path} is not a weights file of this model ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"give a run folder or its {BEST} / {LAST}"
+        ) from None
 
 
 def _rng_state() -> dict[str, Any]:

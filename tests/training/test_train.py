@@ -147,6 +147,14 @@ def test_config_validation_and_overrides(tmp_path: Path) -> None:
             config_from_dict(bad)
     with pytest.raises(ConfigError):
         config_from_dict({"data": ["p"]}, ["novalue"])
+    # list items by index (as lite0_cpu_quick.yaml documents), a bare path becoming a section
+    two = {"data": ["p", {"path": "q", "weight": 2}]}
+    cfg = config_from_dict(two, ["data.0.path=mine", "data.1.weight=3"])
+    assert [(d.path, d.weight) for d in cfg.data] == [("mine", 1.0), ("q", 3.0)]
+    for bad in (["data.2.path=x"], ["data.x.path=x"], ["epochs.1=2"], ["validation.max_items=0"],
+                ["samples_per_epoch=-5"]):
+        with pytest.raises(ConfigError):
+            config_from_dict({"data": ["p"]}, bad)
     # relative data paths resolve against the config file
     (tmp_path / "prep").mkdir()
     (tmp_path / "c.yaml").write_text("data: [prep]\n")
