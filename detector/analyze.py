@@ -275,9 +275,13 @@ class Analyzer:
 
     def _read_file_facts(self, path: Path, base: AnalysisResult) -> None:
         """Fill ``base``'s size and SHA-256 from the file; ``MediaError`` if unreadable or too big."""
-        if not path.is_file():
-            raise MediaError(Status.unreadable, f"not a readable file: {path}")
-        base.size_bytes = self._check_size(path.stat().st_size)
+        try:
+            if not path.is_file():
+                raise MediaError(Status.unreadable, f"not a readable file: {path}")
+            size = path.stat().st_size
+        except OSError as exc:  # e.g. a folder on the way that may not be searched
+            raise MediaError(Status.unreadable, f"cannot read {path}: {exc.strerror or exc}") from exc
+        base.size_bytes = self._check_size(size)
         try:
             base.sha256 = sha256_file(path)
         except OSError as exc:  # permission denied, I/O error: no content, no hash

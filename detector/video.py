@@ -281,8 +281,13 @@ def _check_deadline(deadline: float | None) -> None:
         raise MediaTimeout("video decoding exceeded its time limit")
 
 
-def _open(path: str | Path) -> tuple[av.container.InputContainer, av.VideoStream, str]:
-    """Sniff, open with the matching demuxer only, pick the main video stream, check the codec."""
+def _open(
+    path: str | Path, max_pixels: int | None = None
+) -> tuple[av.container.InputContainer, av.VideoStream, str]:
+    """Sniff, open with the matching demuxer only, pick the main video stream, check the codec.
+
+    An animated PNG whose canvas (from its ``IHDR``) is over ``max_pixels`` is ``too_large``
+    before FFmpeg sees it (FFmpeg refuses huge ones with a bare "Invalid argument")."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
@@ -298,6 +303,14 @@ def _open(path: str | Path) -> tuple[av.container.InputContainer, av.VideoStream
         raise MediaError(Status.unsupported, f"this is a {kind} still image, not a video")
     if kind == "png" and not is_animated(path.read_bytes()):
         raise MediaError(Status.unsupported, "this is a png still image, not a video")
+    if kind == "png" and max_pixels is not None and len(head) >= 24:
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if width * height > max_pixels:
+            raise MediaError(
+                Status.too_large,
+                f"animated png of {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels per "
+                "frame; refused before decoding",
+            )
     try:
         container = av.open(str(path), format=_DEMUXERS[kind])
     except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
@@ -411,7 +424,7 @@ def probe_video(path: str | Path, *, limits: VideoLimits | None = None) -> Video
     a stream without a single decodable frame is ``unreadable``.
     """
     limits = limits or VideoLimits()
-    container, stream, kind = _open(path)
+    container, stream, kind = _open(path, limits.max_pixels_per_frame)
     with container:
         meta = _header_meta(container, stream, _metadata_rotation(stream))
         _check_header(meta, stream, limits)
@@ -572,7 +585,7 @@ class SampledFrames(Iterator[SampledFrame]):
         self._damaged: int | None = None  # decode position of the last rejected packet (-1: unknown)
         self._container: av.container.InputContainer | None = None
         _check_deadline(deadline)
-        container, stream, kind = _open(path)
+        container, stream, kind = _open(path, limits.max_pixels_per_frame)
         self._container, self._stream, self.kind = container, stream, kind
         try:
             self.meta = _header_meta(container, stream, _metadata_rotation(stream))

@@ -164,19 +164,24 @@ def test_unreadable_file_and_folder_get_their_own_results(
     secret.write_bytes(media["face"].read_bytes())
     secret.chmod(0)
     (tree / "locked").chmod(0)
+    nosearch = tmp_path / "nosearch"  # its names can be listed, its files not reached
+    nosearch.mkdir()
+    (nosearch / "behind.jpg").write_bytes(media["face"].read_bytes())
+    nosearch.chmod(0o644)
     try:
         proc = subprocess.run(
             [*_without_read_override(), sys.executable, "-m", "facetrust", "scan", "--json", "--model",
-             str(tiny_model), str(secret), str(tree), str(tmp_path / "missing.jpg")],
+             str(tiny_model), str(secret), str(tree), str(tmp_path / "missing.jpg"), str(nosearch)],
             capture_output=True, text=True, timeout=180, cwd=REPO,
         )
     finally:
         (tree / "locked").chmod(0o755)
+        nosearch.chmod(0o755)
         secret.chmod(0o644)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     rows = [(Path(r["path"]).name, r["status"]) for r in json.loads(proc.stdout)]
     assert rows == [("secret.jpg", "unreadable"), ("ok.jpg", "ok"), ("secret.jpg", "unreadable"),
-                    ("locked", "unreadable"), ("missing.jpg", "unreadable")]
+                    ("locked", "unreadable"), ("missing.jpg", "unreadable"), ("behind.jpg", "unreadable")]
     for r in json.loads(proc.stdout):
         assert r["status"] == "ok" or (r["fake_probability"] is None and r["sha256"] is None and r["error"])
 

@@ -487,6 +487,19 @@ def test_one_damaged_packet_does_not_stop_decoding(bad: list[int], tmp_path: Pat
         assert_codes(frames)
 
 
+def test_animated_png_with_a_huge_canvas_is_too_large(tmp_path: Path) -> None:
+    import zlib
+
+    data = bytearray(mf.animated([mf.coded_frame(i, *SIZE) for i in range(3)], "PNG"))
+    data[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width and height, CRC fixed below
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    path = tmp_path / "huge.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(MediaError, match="30000x30000.*before decoding") as info:
+        iter_sampled_frames(path)
+    assert info.value.status == Status.too_large
+
+
 def test_cut_gif_and_webm_are_flagged_truncated(tmp_path: Path) -> None:
     """A GIF cut before its trailer (its last frame may be half decoded: never sampled) and a
     WebM holding far less than its header announces are both ``truncated``."""
