@@ -104,14 +104,14 @@ def train(
 ) -> None:
     """Train a classifier; ends with calibration, thresholds and ONNX export (unless export: false)."""
     _logging(verbose)
+    if pretrained_file is not None and not pretrained_file.is_file():
+        raise _fail(f"--pretrained-file {pretrained_file}: no such file")
     try:
         from training.config import load_config
         from training.train import train_main
 
         overrides = list(set_ or [])
         if pretrained_file is not None:
-            if not pretrained_file.is_file():
-                raise _fail(f"--pretrained-file {pretrained_file}: no such file")
             overrides.append(f"pretrained={json.dumps(str(pretrained_file))}")
         cfg = load_config(config, overrides)
         run = train_main(cfg, resume=resume, progress=progress)
@@ -168,7 +168,9 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val, test, dev or all")] = "test",
     out: Annotated[Path | None, typer.Option(help="report folder (report.json, roc.png)")] = None,
     frames: Annotated[int, typer.Option(help="frames sampled per video")] = 32,
-    limit: Annotated[int | None, typer.Option(help="at most this many items (seeded)")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="at most this many items (>= 2; seeded, stratified by label: a real and a fake at least)",
+    )] = None,
     multi_crop: Annotated[MultiCropChoice, typer.Option(
         "--multi-crop", help="as `facetrust scan --multi-crop`: which media score each face as the "
         "mean of 4 views")] = MultiCropChoice.images,

@@ -90,7 +90,7 @@ def evaluate_main(
     """Evaluate ONNX ``model`` on the ``split`` of dataset ``card`` under ``root``.
 
     ``split``: train/val/test/dev or ``all`` (every split but ``excluded``); ``frames``:
-    sampled frames per video; ``limit``: at most this many items (seeded, stratified by
+    sampled frames per video; ``limit``: at most this many items (>= 2; seeded, stratified by
     label, for quick checks); ``multi_crop``: as ``facetrust scan --multi-crop`` (ignored when
     an ``analyzer`` is given). Writes ``report.json`` and ``roc.png`` to ``out`` if given.
     """
@@ -107,13 +107,17 @@ def evaluate_main(
     if not chosen:
         raise ValueError(f"no items in split {split!r} of {dcard.name} "
                          f"(splits: {dict(Counter(i.split for i in items))})")
+    if limit is not None and limit < 2:
+        raise ValueError("limit must be >= 2 (a real and a fake item at least)")
     if limit is not None and len(chosen) > limit:
         rng = np.random.default_rng(0)
+        by_label = [[k for k, it in enumerate(chosen) if it.label == lab] for lab in (0, 1)]
+        share = round(limit * len(by_label[1]) / len(chosen))
+        fakes = min(len(by_label[1]), max(1 if by_label[1] else 0, share))
+        counts = (min(len(by_label[0]), limit - fakes), fakes)
         keep: list[int] = []
-        for lab in (0, 1):
-            idx = [k for k, it in enumerate(chosen) if it.label == lab]
-            n = min(len(idx), max(1, round(limit * len(idx) / len(chosen))))
-            keep += rng.choice(idx, n, replace=False).tolist() if idx else []
+        for idx, n in zip(by_label, counts, strict=True):
+            keep += rng.choice(idx, n, replace=False).tolist() if idx and n else []
         chosen = [chosen[k] for k in sorted(keep)]
     analyzer = analyzer or create_analyzer(model, multi_crop=multi_crop)  # type: ignore[arg-type]
     sampling = Sampling("count", frames)

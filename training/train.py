@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from training.config import ConfigError, TrainConfig, save_config
+from training.config import ConfigError, TrainConfig, load_config, save_config
 from training.data import (
     AS_IS,
     KIND_METHOD,
@@ -255,6 +255,17 @@ class Data:
     holdout_items: list[tuple[int, int]]
 
 
+#: Settings a resumed run may change: where and how fast it runs, and ``epochs`` (to train on:
+#: the learning-rate schedule is then stretched to the new length), not what it learns.
+RESUME_FREE = frozenset({"workers", "device", "cpu_threads", "amp", "epochs", "export"})
+
+
+def _config_changes(before: TrainConfig, now: TrainConfig) -> list[str]:
+    """Top-level settings (and sections) that differ between a run's config and a new one."""
+    a, b = before.to_dict(), now.to_dict()
+    return sorted(k for k in set(a) | set(b) if k not in RESUME_FREE and a.get(k) != b.get(k))
+
+
 def load_data(cfg: TrainConfig) -> Data:
     """Open the prepared folders and form the training, validation and held-out sets."""
     for d in cfg.data:
@@ -264,6 +275,19 @@ def load_data(cfg: TrainConfig) -> Data:
     sources = Sources([d.path for d in cfg.data])
     if not sources.records:
         raise TrainError("the prepared folders hold no records")
+    for d, index in zip(cfg.data, sources.indexes, strict=True):
+        stored = float(getattr(index, "margin", 0.0) or 0.0)
+        if stored and cfg.crop_margin > stored + 1e-6:
+            raise ConfigError(
+                f"crop_margin {cfg.crop_margin:g} is wider than the {stored:g} margin of the crops stored "
+                f"in {d.path}: the model would see black padding "
+                f"(prepare with --margin >= {cfg.crop_margin:g})"
+            )
+    methods = {r.method for r in sources.records}
+    unknown = sorted(set(cfg.validation.holdout_methods) - methods)
+    if unknown:
+        raise ConfigError(f"validation.holdout_methods {unknown} are not methods of the data "
+                          f"(methods: {sorted(methods)})")
     splits = make_splits(sources.records, cfg)
     if not splits.train:
         raise TrainError("no training records (all records are val/test/held out)")
@@ -291,9 +315,13 @@ def train_main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
     if state_path.exists() and not resume:
         raise TrainError(f"{run} already holds a training run; pass --resume to continue it "
                          "or choose another out")
-    if dist.main:
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")
+    if resume and state_path.exists() and (run / "config.yaml").is_file():
+        changed = _config_changes(load_config(run / "config.yaml"), cfg)
+        if changed:
+            raise TrainError(
+                f"--resume with a different config ({', '.join(changed)} changed): a resumed run must "
+                "train as it started (its schedule and weights depend on it); start a new out instead"
+            )
 
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
@@ -322,6 +350,9 @@ def train_main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
     if steps < 1:
         raise TrainError(f"an epoch of {len(sampler)} samples per process is less than one batch "
                          f"of {cfg.batch_size}")
+    if dist.main:  # only now: a run that cannot start leaves no folder behind
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
     val_shard = data.val_items[dist.rank :: dist.world]
     hold_shard = data.holdout_items[dist.rank :: dist.world]
     val_dl = _loader(FaceDataset(data.sources, cfg, mean, std, train=False, items=val_shard), cfg,
@@ -341,7 +372,10 @@ def train_main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
         load_weights_file(model, run / LAST)
         state = torch.load(str(state_path), map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
+        fresh = dict(schedule.__dict__)  # this config's schedule (epochs may have grown) ...
         scheduler.load_state_dict(state["scheduler"])
+        for fn in scheduler.lr_lambdas:  # ... not the one saved with the state
+            fn.__dict__.update(fresh)
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         start_epoch, best_auc = int(state["epoch"]) + 1, float(state["best_auc"])

@@ -79,5 +79,9 @@ def test_evaluate_other_splits_with_limit(trained_run: Path, face_corpus: tuple[
                                           split: str) -> None:
     card, root = face_corpus
     report = evaluate_main(trained_run / "model.onnx", card, root, split=split, limit=3, frames=2)
-    assert 1 <= report["counts"]["items"] <= 4
+    assert 2 <= report["counts"]["items"] <= 3  # at most the limit, a real and a fake at least
+    assert set(report["counts"]["by_label"]) == {"0", "1"}
     assert "files" not in report
+    for bad in (0, 1):
+        with pytest.raises(ValueError, match="limit must be >= 2"):
+            evaluate_main(trained_run / "model.onnx", card, root, split=split, limit=bad, frames=2)

@@ -116,3 +116,27 @@ def test_export_errors_are_clear(trained_run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "x.onnx").exists()
     res = CliRunner().invoke(train_cli(), ["export", str(run), "--out", str(tmp_path / "x.onnx")])
     assert res.exit_code == 2 and "calibration needs both" in res.output
+    # not a weights file: a clear error, exit 2
+    res = CliRunner().invoke(train_cli(), ["export", str(trained_run / "last_state.pt"),
+                                           "--out", str(tmp_path / "y.onnx")])
+    assert res.exit_code == 2 and "not a weights file" in res.output and not (tmp_path / "y.onnx").exists()
+
+
+def test_interrupted_export_keeps_the_previous_model(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """An export stopped half way (here: the ONNX check fails after the file is written) leaves
+    the model that was there, and no temporary file."""
+    import training.release as release
+    from training.export import export_classifier
+
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the previous model")
+
+    def export_then_fail(model, card, path, **kw):  # type: ignore[no-untyped-def]
+        export_classifier(model, card, path, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("training.export.export_classifier", export_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        release.export_run(trained_run, out)
+    assert out.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

@@ -73,14 +73,31 @@ def test_resume_continues_after_the_last_epoch(prepared_corpus: Path, tmp_path: 
     assert first["epoch"] == 0
     with pytest.raises(TrainError, match="--resume"):
         train_main(cfg, progress=False)
+    for changed in ({"input_size": 96}, {"seed": 5}, {"crop_margin": 1.5}):
+        with pytest.raises(TrainError, match="different config"):
+            train_main(tiny_config(prepared_corpus, run, export=False, max_steps_per_epoch=1, **changed),
+                       resume=True, progress=False)
     cfg2 = tiny_config(prepared_corpus, run, export=False, max_steps_per_epoch=1, epochs=2)
-    train_main(cfg2, resume=True, progress=False)
+    train_main(cfg2, resume=True, progress=False)  # more epochs: allowed, the schedule stretched
     state = torch.load(str(run / STATE_FILE), weights_only=True)
     assert state["epoch"] == 1
     assert state["scheduler"]["last_epoch"] == 2  # one step per epoch, continued
+    assert state["scheduler"]["lr_lambdas"][0]["total"] == 2  # over the new two epochs
     epochs = [json.loads(x)["epoch"] for x in (run / "log.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
     assert not (run / "model.onnx").exists()
+
+
+def test_runs_that_cannot_start_are_refused_and_leave_no_folder(prepared_corpus: Path, tmp_path) -> None:
+    from training.config import ConfigError
+
+    cases = (({"crop_margin": 3.0}, "wider than"),  # the stored crops have a 2.0 margin
+             ({"validation": {"holdout_methods": ["sbi_phto"]}}, "not methods of the data"))
+    for extra, message in cases:
+        run = tmp_path / f"run{len(message)}"
+        with pytest.raises(ConfigError, match=message):
+            train_main(tiny_config(prepared_corpus, run, **extra), progress=False)
+        assert not run.exists()
 
 
 def test_samples_are_reproducible_per_seed_epoch_slot(prepared_corpus: Path, tmp_path: Path) -> None:
