@@ -272,10 +272,14 @@ def export_all(out_dir: str | Path = DEFAULT_OUT) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry point."""
+    """CLI entry point (exit 2 with a message when ``--out`` cannot be a folder)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     args = parser.parse_args(argv)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.exit(2, f"error: --out {args.out}: {exc.strerror or exc}\n")
     for name, diff in export_all(args.out).items():
         print(f"{name}: {args.out / NETS[name][0]}  max |torch - onnx| = {diff:.2e}")
 

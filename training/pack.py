@@ -109,9 +109,28 @@ def pack_default(prepared: str | Path, out: str | Path, *, utk_fraction: float =
     return counts
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.pack PREPARED_DIR OUT_DIR``: the default model's packing; exit 2 with
+    a message for a missing or unprepared PREPARED_DIR (nothing is written then)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.pack",
+        description="Re-cut a prepared folder into the default model's training pack "
+        "(OUT/photos and OUT/videos: margin 1.5, 184 px, JPEG 90; see MODEL_CARD.md).",
+    )
+    parser.add_argument("prepared", type=Path, help="a `facetrust prepare` output folder")
+    parser.add_argument("out", type=Path, help="the pack folder to write")
+    args = parser.parse_args(argv)
+    if not (args.prepared / "index.jsonl").is_file():
+        print(f"error: {args.prepared} is not a prepared folder (no index.jsonl)", file=sys.stderr)
+        return 2
+    print(json.dumps(pack_default(args.prepared, args.out), indent=2))
+    return 0
+
+
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m training.pack PREPARED_DIR OUT_DIR   (the default model's packing)")
-    print(json.dumps(pack_default(sys.argv[1], sys.argv[2]), indent=2))
+    sys.exit(main())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,6 +155,14 @@ def extract_features(
     }
 
 
+def _writable_parent(path: Path) -> bool:
+    """Whether ``path``'s nearest existing ancestor is a writable folder (so it can be created)."""
+    for parent in path.resolve().parents:
+        if parent.exists():
+            return parent.is_dir() and os.access(parent, os.W_OK)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.probe``: write the held-out-method probe report as JSON.
 
@@ -169,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="inverse L2 strength of the probe (default 0.003)")
     parser.add_argument("--out", type=Path, required=True, help="report JSON path")
     args = parser.parse_args(argv)
+    if args.out.exists() and args.out.is_dir() or not _writable_parent(args.out):
+        print(f"error: --out {args.out}: not a file path that can be written", file=sys.stderr)
+        return 2
     try:
         feats = extract_features(args.config, args.weights, photos=args.photos)
         held_out = held_out_probe(

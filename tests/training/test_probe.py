@@ -97,3 +97,23 @@ def test_cli_refuses_a_bad_config_or_method(
                                       "pretrained": cfg.pretrained, "input_size": cfg.input_size}))
     assert main([str(config), "--held-out", "nosuch", "--out", str(out)]) == 2
     assert "no labelled fakes of method 'nosuch'" in capsys.readouterr().err and not out.exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for bad in (blocker / "probe.json", tmp_path):  # under a file; a folder
+        assert main([str(config), "--out", str(bad)]) == 2
+        assert "not a file path that can be written" in capsys.readouterr().err
+
+
+def test_pack_and_export_mtcnn_command_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training import export_mtcnn, pack
+
+    with pytest.raises(SystemExit) as info:
+        pack.main(["--help"])
+    assert info.value.code == 0 and "prepared" in capsys.readouterr().out
+    assert pack.main([str(tmp_path / "absent"), str(tmp_path / "out")]) == 2
+    assert "not a prepared folder" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as info:
+        export_mtcnn.main(["--out", str(blocker)])
+    assert info.value.code == 2 and "error: --out" in capsys.readouterr().err
