@@ -401,6 +401,15 @@ def prepare_main(
                 f"{out} was prepared with other settings {old['settings']}; "
                 "use a new folder or the same settings"
             )
+        if old.get("root") and old["root"] != str(root.resolve()):
+            raise PrepareError(
+                f"{out} was prepared from {old['root']}, not {root.resolve()}; use a new folder"
+            )
+        if old.get("detector") and old["detector"] != _jsonable(_detector_settings(settings)):
+            raise PrepareError(
+                f"{out} was prepared with other face-detector settings {old['detector']} (this FaceTrust "
+                f"detects with {_jsonable(_detector_settings(settings))}); use a new folder"
+            )
     # Write the settings first so that an interrupted run is resumed with the same ones.
     _write_json(out / META, {**(old or {}), "settings": _jsonable(asdict(settings))})
 

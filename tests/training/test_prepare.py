@@ -128,6 +128,26 @@ def test_resume_does_nothing_new(prepared: tuple[Path, dict], tree: Path) -> Non
         prepare_main("folders", tree, out, frames=4, size=SIZE + 32, margin=MARGIN, workers=1, progress=False)
 
 
+
+def test_resume_refuses_another_root_or_detector(prepared: tuple[Path, dict], tree: Path, tmp_path) -> None:
+    """An existing folder is only continued from the same media and the same face detector."""
+    import shutil
+
+    out, _ = prepared
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    other_root = tmp_path / "other_tree"
+    shutil.copytree(tree, other_root)
+    args = {"frames": 4, "size": SIZE, "margin": MARGIN, "workers": 1, "progress": False}
+    with pytest.raises(PrepareError, match="was prepared from"):
+        prepare_main("folders", other_root, copy, **args)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["detector"]["min_face_size"] = 20  # as folders prepared before the detector looked from min_face
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PrepareError, match="face-detector settings"):
+        prepare_main("folders", tree, copy, **args)
+
+
 def test_parallel_run_gives_the_same_index(prepared: tuple[Path, dict], tree: Path, tmp_path: Path) -> None:
     out, _ = prepared
     meta = prepare_main("folders", tree, tmp_path / "p2", frames=4, size=SIZE, margin=MARGIN, workers=2,
