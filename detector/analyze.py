@@ -457,6 +457,19 @@ class Analyzer:
         return result
 
 
+def _video_turn(frame_turns: Sequence[int]) -> int:
+    """The turn of a whole video (clockwise degrees) once :data:`ORIENT_PROBE_FRAMES` frames with
+    faces were checked and at least half of them show every face turned by that same angle;
+    else 0. Later frames are then turned back before detection (MTCNN finds few turned faces)."""
+    if len(frame_turns) < ORIENT_PROBE_FRAMES:
+        return 0
+    turned = [t for t in frame_turns if t > 0]
+    if not turned:
+        return 0
+    angle = max(set(turned), key=turned.count)
+    return angle if 2 * turned.count(angle) >= len(frame_turns) else 0
+
+
 class _FrameBatch:
     """Sampled video frames on their way through detection and classification.
 
@@ -481,6 +494,8 @@ class _FrameBatch:
         self.views = analyzer.views("video")
         self.probed = 0  # frames with faces that went through the orientation pass
         self.turned = False  # one of their faces was turned
+        self.frame_turns: list[int] = []  # per probed frame with faces: its faces' common turn, or -1
+        self.lock = 0  # the whole video is turned this far (clockwise): frames are turned back first
 
     def add(self, frame: Any) -> None:
         pixels = int(frame.image_rgb.shape[0] * frame.image_rgb.shape[1])
@@ -503,14 +518,21 @@ class _FrameBatch:
         t = time.perf_counter()
         detector = self.a.face_detector
         images = [f.image_rgb for f in self.pending]
-        probe = self.turned or self.probed < ORIENT_PROBE_FRAMES
-        if getattr(detector, "orient", False):  # a detector with the orientation pass
-            dets = detector.detect_batch(images, orient=probe)
-        else:
+        probe = not self.lock and (self.turned or self.probed < ORIENT_PROBE_FRAMES)
+        if not getattr(detector, "orient", False):  # a detector without the orientation pass
             dets, probe = detector.detect_batch(images), False
+        elif self.lock:
+            dets = detector.detect_batch(images, orient=False, turn=self.lock)
+        else:
+            dets = detector.detect_batch(images, orient=probe)
         if probe:
-            self.probed += sum(1 for faces in dets if faces)
+            for faces in dets:
+                if faces:
+                    turns = {d.orientation for d in faces}
+                    self.frame_turns.append(turns.pop() if len(turns) == 1 else -1)
+            self.probed = len(self.frame_turns)
             self.turned = self.turned or any(d.orientation for faces in dets for d in faces)
+            self.lock = _video_turn(self.frame_turns)
         t = self.timer.add("detect", t)
         for f, faces in zip(self.pending, dets, strict=True):
             faces = list(faces)

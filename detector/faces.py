@@ -442,18 +442,35 @@ class FaceDetector:
         return self.detect_batch([_check_image(image)])[0]
 
     def detect_batch(
-        self, images: Sequence[np.ndarray], *, orient: bool | None = None, _upright_pass: bool = False
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        orient: bool | None = None,
+        turn: int = 0,
+        _upright_pass: bool = False,
     ) -> list[list[DetectedFace]]:
         """Faces in each image (see :meth:`detect`); same-size images share network calls.
 
         ``orient`` overrides the detector's own setting for this call (the orientation pass
-        costs four O-Net crops per face: about 3 ms per face on one core).
+        costs about 1-2 ms per face on one core). ``turn`` (a multiple of 90): the images are
+        known to be turned that far clockwise (a video whose first frames' faces all were):
+        faces are looked for in the images turned back, and reported in the images' own pixels
+        with that ``orientation``.
 
         With ``threads > 1`` the images are split into that many groups detected side by side
         (one image: its pyramid levels and crops are); the result does not depend on it.
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
+        quarter = (int(turn) // 90) % 4
+        if quarter:
+            back = [np.ascontiguousarray(np.rot90(_check_image(im, i), quarter))
+                    for i, im in enumerate(images)]
+            found = FaceDetector.detect_batch(self, back, orient=orient, _upright_pass=_upright_pass)
+            return [
+                [_turn_clockwise(d, quarter, b.shape, (90 * quarter + d.orientation) % 360) for d in faces]
+                for faces, b in zip(found, back, strict=True)
+            ]
         if not isinstance(images, Sequence):
             raise ValueError(f"expected a list of images, got {type(images).__name__}")
         orient = self.orient if orient is None else bool(orient)

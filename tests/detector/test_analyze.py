@@ -224,17 +224,26 @@ def test_no_face_video(analyzer: Analyzer, tmp_path: Path) -> None:
     assert r.tracks == [] and r.frames is not None and len(r.frames) == 4
 
 
+def test_video_turn_needs_half_the_probed_frames_agreeing() -> None:
+    from detector.analyze import _video_turn
+
+    assert _video_turn([90, 90, 90]) == 0  # fewer frames than the probe
+    assert _video_turn([90, 90, 0, 0]) == 90 and _video_turn([180, 0, 0, 0]) == 0
+    assert _video_turn([270, 270, 90, -1]) == 270 and _video_turn([0, 0, 0, 0, 0]) == 0
+    assert _video_turn([-1, -1, 90, 180]) == 0
+
+
 class _CountingDetector(FaceDetector):
     """Records, per detection call, how many frames it got and whether it checked orientation."""
 
     def __init__(self) -> None:
         super().__init__(threads=1)
-        self.calls: list[tuple[int, bool]] = []
+        self.calls: list[tuple[int, bool, int]] = []  # (frames, orientation pass, turn)
 
-    def detect_batch(self, images, *, orient=None, _upright_pass=False):  # type: ignore[no-untyped-def]
+    def detect_batch(self, images, *, orient=None, turn=0, _upright_pass=False):  # type: ignore[no-untyped-def]
         if not _upright_pass:
-            self.calls.append((len(images), bool(self.orient if orient is None else orient)))
-        return super().detect_batch(images, orient=orient, _upright_pass=_upright_pass)
+            self.calls.append((len(images), bool(self.orient if orient is None else orient), turn))
+        return super().detect_batch(images, orient=orient, turn=turn, _upright_pass=_upright_pass)
 
 
 def test_video_orientation_is_probed_then_left_off_or_kept(tiny_model: Path, astronaut, tmp_path) -> None:
@@ -247,14 +256,20 @@ def test_video_orientation_is_probed_then_left_off_or_kept(tiny_model: Path, ast
     upright = face_video(tmp_path / "up.mp4", astronaut, people=1, frames=12)
     r = an.analyze_path(upright, sampling=Sampling("all"))
     assert r.status == "ok" and all(f.orientation == 0 for fr in r.frames for f in fr.faces)
-    probed = sum(n for n, orient in detector.calls if orient)
-    assert ORIENT_PROBE_FRAMES <= probed < 12 and sum(n for n, _ in detector.calls) == 12
+    probed = sum(n for n, orient, _ in detector.calls if orient)
+    assert ORIENT_PROBE_FRAMES <= probed < 12 and sum(n for n, _, _ in detector.calls) == 12
+    assert all(turn == 0 for _, _, turn in detector.calls)
     detector.calls.clear()
     picture = np.ascontiguousarray(np.rot90(astronaut, -1))  # turned 90 degrees clockwise
     turned = mf.write_video(tmp_path / "turned.mp4", n_frames=12, size=(512, 512), draw=lambda i: picture)
     r = an.analyze_path(turned, sampling=Sampling("all"))
-    assert all(orient for _, orient in detector.calls)
+    # the probe frames find every face turned by 90: the rest are turned back before detection
+    probed = sum(n for n, orient, turn in detector.calls if orient and not turn)
+    locked = sum(n for n, orient, turn in detector.calls if turn == 90 and not orient)
+    assert probed >= ORIENT_PROBE_FRAMES and probed + locked == 12 and locked > 0
     assert r.status == "ok" and [f.orientation for fr in r.frames for f in fr.faces] == [90] * 12
+    boxes = {tuple(round(v) for v in f.box) for fr in r.frames for f in fr.faces}
+    assert len(boxes) <= 2  # the same still picture: the same box, probed or locked
 
 
 def test_damaged_and_cut_videos_say_so(analyzer: Analyzer, astronaut, tmp_path: Path) -> None:

@@ -251,6 +251,15 @@ def test_turned_video_faces_are_found_turned_back(detector, shared_data, index, 
     _assert_found_turned_back(detector, frame.image_rgb, angle)
 
 
+def test_known_turn_detects_on_the_picture_turned_back(detector, astronaut):
+    turned = np.ascontiguousarray(np.rot90(astronaut, -1))  # 90 degrees clockwise
+    (found,) = detector.detect(turned)  # by the orientation pass
+    (given,) = detector.detect_batch([turned], orient=False, turn=90)[0]
+    assert given.orientation == found.orientation == 90
+    assert given.box == pytest.approx(found.box)
+    assert np.allclose(given.landmarks, found.landmarks)
+
+
 def test_orientation_pass_can_be_switched_off(astronaut):
     plain = FaceDetector(orient=False, threads=1)
     turned = np.ascontiguousarray(np.rot90(astronaut, 2))
