@@ -221,6 +221,8 @@ def describe_unknown(head: bytes) -> str:
     if len(h) >= 12 and h[4:8] == b"ftyp" and h[8:12] in _IMAGE_BRANDS:
         return f"a HEIF/AVIF image, brand {h[8:12].decode('latin-1').strip()!r}"
     try:
+        if b"\x00" in h:  # NUL bytes: not text, whatever UTF-8 says
+            raise UnicodeDecodeError("utf-8", h, 0, 1, "NUL byte")
         h.decode("utf-8")
         return "a text file"
     except UnicodeDecodeError:

@@ -694,15 +694,21 @@ class SampledFrames(Iterator[SampledFrame]):
         except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
             self.decode_errors += 1
             self._damaged = pos
-            # Reset the decoder: with frame threads (and err_detect=explode) an error would
-            # otherwise repeat on every later packet; the frames in flight are lost (counted).
+            # Drain the frames the decoder already holds (decoded before the error was seen),
+            # then reset it: with frame threads (and err_detect=explode) an error would
+            # otherwise repeat on every later packet. The drained frames go through _usable.
+            drained: list[av.VideoFrame] = []
+            try:
+                drained = list(self._stream.decode(None))
+            except (av.FFmpegError, OSError, ValueError, EOFError):
+                pass
             try:
                 self._stream.codec_context.flush_buffers()
             except (av.FFmpegError, OSError, ValueError):
                 pass
             if self.decode_errors >= MAX_DECODE_ERRORS:
                 self._broken(exc)
-            return []
+            return drained
 
     def _nothing_decoded(self) -> str:
         if self.decode_errors:
@@ -712,7 +718,8 @@ class SampledFrames(Iterator[SampledFrame]):
 
     def _usable(self, frame: av.VideoFrame, pos: int | None = None) -> bool:
         """False for a frame decoded after a rejected packet and before the next keyframe: it
-        may be built on a broken reference picture, so it is neither sampled nor scored.
+        may be built on a broken reference picture, so it is neither sampled nor scored (a
+        keyframe is always sound: it refers to no other picture).
 
         ``pos`` is the frame's decode position when known (timestamped streams): only a keyframe
         coded after the last rejected packet ends the damage (with frame threads the decoder
@@ -722,8 +729,9 @@ class SampledFrames(Iterator[SampledFrame]):
         """
         if self._damaged is None:
             return True
-        if frame.key_frame and (pos is None or pos < 0 or self._damaged < 0 or pos > self._damaged):
-            self._damaged = None
+        if frame.key_frame:  # an intra frame refers to no other: it is sound once it decodes
+            if pos is None or pos < 0 or self._damaged < 0 or pos > self._damaged:
+                self._damaged = None  # and the frames after it are too
             return True
         self.frames_damaged += 1
         return False

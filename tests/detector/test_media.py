@@ -146,6 +146,7 @@ def test_apng_is_video_animated_webp_is_refused_clearly(quadrants: np.ndarray) -
 
 def test_refused_formats_are_named() -> None:
     assert describe_unknown(b"II*\x00" + bytes(60)) == "a TIFF image"
+    assert describe_unknown(bytes(64)) == "an unrecognised binary file"  # NULs are not text
     assert describe_unknown(b"MM\x00*" + bytes(60)) == "a TIFF image"
     assert describe_unknown(b"\x00\x00\x00\x1cftypavif" + bytes(50)).startswith("a HEIF/AVIF image")
     assert describe_unknown(b"\x00\x00\x00\x18ftypheic" + bytes(50)).startswith("a HEIF/AVIF image")

@@ -516,6 +516,16 @@ def test_cut_gif_and_webm_are_flagged_truncated(tmp_path: Path) -> None:
     assert it.truncated and frames[-1].index < 60
 
 
+def test_keyframe_before_the_damage_is_kept(tmp_path: Path) -> None:
+    """One keyframe, then the next packet damaged: the keyframe (decoded before the error was
+    reported, refers to nothing) is analysed; everything after it is damaged."""
+    src = mf.write_video(tmp_path / "k.mp4", 40, (64, 48), FPS, "libx264", gop=1000,
+                         options={"bf": "0", "sc_threshold": "0"})
+    frames, it = collect(mf.damage_packets(src, tmp_path / "d.mp4", [1]), Sampling("all"))
+    assert [f.index for f in frames] == [0] and it.decode_errors >= 1
+    assert_codes(frames)
+
+
 def test_every_packet_damaged_is_unreadable(videos: dict[str, Path], tmp_path: Path) -> None:
     path = mf.damage_packets(videos["h264"], tmp_path / "ruined.mp4", range(100))
     with pytest.raises(MediaError, match="no usable video frame|corrupt") as info:
