@@ -78,6 +78,10 @@ def prepare(
     _logging(verbose)
     if frames < 1 or size < 16 or not (1.0 <= margin <= 4.0) or workers < 1:
         raise _fail("need --frames >= 1, --size >= 16, --margin in 1..4 and --workers >= 1")
+    if limit is not None and limit < 1:
+        raise _fail("--limit must be >= 1")
+    if role not in ("train", "dev", "all"):
+        raise _fail(f"--role must be train, dev or all, not {role!r}")
     try:
         from training.prepare import prepare_main
 

@@ -380,7 +380,7 @@ def train_main(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
         _set_rng_state(state["rng"])
         start_epoch, best_auc = int(state["epoch"]) + 1, float(state["best_auc"])
         if dist.main:
-            log.info("resumed %s after epoch %d (best AUC %.4f)", run, start_epoch - 1, best_auc)
+            log.info("resumed %s after epoch %d (best AUC %.4f)", run, start_epoch, best_auc)  # 1-based
     elif resume and dist.main:
         log.info("nothing to resume in %s: starting from scratch", run)
 

@@ -209,3 +209,7 @@ def test_cli_prepare(tree: Path, tmp_path: Path) -> None:
     assert json.loads(res.stdout)["counts"]["sources"] == 2
     res = runner.invoke(app, ["prepare", "folders", str(tree), str(tmp_path / "dev"), "--role", "dev"])
     assert res.exit_code == 2 and "no media" in res.output
+    refused = ((["--limit", "0"], "--limit must be >= 1"), (["--role", "judge"], "train, dev or all"))
+    for bad, message in refused:
+        res = runner.invoke(app, ["prepare", "folders", str(tree), str(tmp_path / "bad"), *bad])
+        assert res.exit_code == 2 and message in res.output and not (tmp_path / "bad").exists()
