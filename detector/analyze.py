@@ -278,13 +278,9 @@ class Analyzer:
         try:
             if not path.is_file():
                 raise MediaError(Status.unreadable, f"not a readable file: {path}")
-            size = path.stat().st_size
-        except OSError as exc:  # e.g. a folder on the way that may not be searched
-            raise MediaError(Status.unreadable, f"cannot read {path}: {exc.strerror or exc}") from exc
-        base.size_bytes = self._check_size(size)
-        try:
+            base.size_bytes = self._check_size(path.stat().st_size)
             base.sha256 = sha256_file(path)
-        except OSError as exc:  # permission denied, I/O error: no content, no hash
+        except OSError as exc:  # permission denied (the file, or a folder on the way), I/O error
             raise MediaError(Status.unreadable, f"cannot read {path}: {exc.strerror or exc}") from exc
 
     def _failed(self, base: AnalysisResult, exc: BaseException, timer: _Timer) -> AnalysisResult:
@@ -478,9 +474,11 @@ class _FrameBatch:
     early; the crops of ``batch_size`` frames are classified in one call.
 
     The detector's orientation pass (turned faces, see :mod:`detector.faces`) runs on the
-    first :data:`ORIENT_PROBE_FRAMES` frames that have faces; it stays on for the rest of the
-    video only if one of their faces was turned (a video is turned as a whole: a wrong or
-    missing rotation tag). That saves its four O-Net crops per face on the other frames.
+    first :data:`ORIENT_PROBE_FRAMES` frames that have faces. When at least half of them show
+    every face turned the same way (a wrong or missing rotation tag: a video is turned as a
+    whole), the rest of the video is turned back before detection (:func:`_video_turn`);
+    otherwise the pass stays on only if one of their faces was turned, and is left off (its
+    cost saved) when none was.
     """
 
     def __init__(
@@ -492,7 +490,6 @@ class _FrameBatch:
         self.waiting: list[tuple[tuple[int, float], list[Any]]] = []  # ((index, time), faces)
         self.crops: list[np.ndarray] = []  # one [faces * views, S, S, 3] array per frame
         self.views = analyzer.views("video")
-        self.probed = 0  # frames with faces that went through the orientation pass
         self.turned = False  # one of their faces was turned
         self.frame_turns: list[int] = []  # per probed frame with faces: its faces' common turn, or -1
         self.lock = 0  # the whole video is turned this far (clockwise): frames are turned back first
@@ -518,7 +515,7 @@ class _FrameBatch:
         t = time.perf_counter()
         detector = self.a.face_detector
         images = [f.image_rgb for f in self.pending]
-        probe = not self.lock and (self.turned or self.probed < ORIENT_PROBE_FRAMES)
+        probe = not self.lock and (self.turned or len(self.frame_turns) < ORIENT_PROBE_FRAMES)
         if not getattr(detector, "orient", False):  # a detector without the orientation pass
             dets, probe = detector.detect_batch(images), False
         elif self.lock:
@@ -530,7 +527,6 @@ class _FrameBatch:
                 if faces:
                     turns = {d.orientation for d in faces}
                     self.frame_turns.append(turns.pop() if len(turns) == 1 else -1)
-            self.probed = len(self.frame_turns)
             self.turned = self.turned or any(d.orientation for faces in dets for d in faces)
             self.lock = _video_turn(self.frame_turns)
         t = self.timer.add("detect", t)

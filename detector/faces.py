@@ -35,7 +35,9 @@ far each is turned (clockwise degrees); its crop is turned back before it is sco
 (:func:`detector.crops.crop_boxes`). Measured on the shared data (photos and video frames):
 no upright face turned (0 of 1,024 with O-Net alone, 0 of 604 with the R-Net gate); on the
 same 604 faces' pictures turned by 90/180/270 degrees, 77% / 75% / 78% of the faces found
-were turned back right and 10 of 699 wrong. MTCNN misses some turned faces altogether.
+were turned back right and 10 of 699 wrong. But MTCNN misses most turned faces in still photos
+altogether (README, "Turned faces"). Videos: see ``detector.analyze`` (a video found turned as a
+whole is turned back before detection, :meth:`FaceDetector.detect_batch` ``turn``).
 
 The ONNX files are exported by ``python -m training.export_mtcnn`` (they take raw 0..255 pixel
 values: facenet-pytorch's input normalisation is folded into their first convolution). No torch
@@ -733,17 +735,16 @@ class FaceDetector:
                     todo.append((f, square))
         if not todo:
             return
-        boxes = [(f, b) for f, b in todo]
-        small = np.concatenate([_crops(f.integral_image(), b, 24)[0] for f, b in boxes])
+        small = np.concatenate([_crops(f.integral_image(), b, 24)[0] for f, b in todo])
         margin = _turn_margins(nets.rnet, small)
         gated = np.flatnonzero(margin[:, 1:].max(axis=1) > ORIENT_GATE)
         turns = np.zeros(len(small), np.int64)
         if len(gated):
-            large = np.concatenate([_crops(f.integral_image(), b, 48)[0] for f, b in boxes])[gated]
+            large = np.concatenate([_crops(f.integral_image(), b, 48)[0] for f, b in todo])[gated]
             m = _turn_margins(nets.onet, large)
             turns[gated] = np.where(m.max(axis=1) > ORIENT_MARGIN, m.argmax(axis=1), 0)
         at = 0
-        for f, b in boxes:
+        for f, b in todo:
             f.turns, at = turns[at : at + len(b)], at + len(b)
 
     def _faces(self, f: _Frame) -> list[DetectedFace]:

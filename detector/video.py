@@ -25,11 +25,14 @@ Conventions (what the analyzer and the JSON report rely on):
   frame is returned in their place (once), so the end of the video is covered;
   fewer than N frames come back and :attr:`SampledFrames.truncated` is set.
 - **damaged streams**: a packet the decoder rejects is counted
-  (:attr:`SampledFrames.decode_errors`) and decoding goes on, but every frame decoded
-  after it is *damaged* (built on a broken reference) and is neither sampled nor
-  scored until the next keyframe decodes (:attr:`SampledFrames.frames_damaged`; a
-  wanted frame among them is skipped, :attr:`SampledFrames.frames_skipped`). After
-  :data:`MAX_DECODE_ERRORS` rejected packets decoding stops.
+  (:attr:`SampledFrames.decode_errors`); the frames the decoder already holds are drained,
+  the decoder is reset (with frame threads it would otherwise reject every later packet)
+  and decoding goes on. Every non-key frame that comes out after the error is *damaged*
+  (it may be built on a broken reference) and is neither sampled nor scored until a
+  keyframe coded after the bad packet decodes (:attr:`SampledFrames.frames_damaged`, which
+  also counts frames that never came out; a wanted frame among them is skipped,
+  :attr:`SampledFrames.frames_skipped`). Keyframes refer to no other picture: they are
+  always used. After :data:`MAX_DECODE_ERRORS` rejected packets decoding stops.
 - **truncated streams**: when the demuxer breaks off (a cut file), or the decoder
   gives up, the frames decoded until then are kept and
   :attr:`SampledFrames.truncated` is True (also set when the header promises >10%
