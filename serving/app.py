@@ -57,19 +57,30 @@ _MULTIPART_BODY = {
     }
 }
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        401: "missing API key",
-        403: "invalid API key",
-        408: "upload too slow",
-        413: "upload over max_upload_bytes",
-        415: "not an allowed image/video format (by content)",
-        422: "bad request, or media unreadable / over a pixel, duration or frame cap",
-        503: "busy (queue full) or not ready: see Retry-After",
-        504: "analysis timed out",
-    }.items()
+_ERROR_TEXTS: dict[int, str] = {
+    400: "invalid Content-Length header",
+    401: "missing API key",
+    403: "invalid API key",
+    404: "no such job (unknown, deleted, expired or another key's)",
+    408: "upload too slow",
+    409: "analysis cancelled (the server stopping its workers)",
+    413: "upload over max_upload_bytes",
+    415: "not an allowed image/video format (by content)",
+    422: "bad request, or media unreadable / over a pixel, duration or frame cap",
+    500: "internal error",
+    503: "busy (queue full, too many jobs) or not ready: see Retry-After",
+    504: "analysis timed out",
 }
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (the shared ``ErrorResponse`` body)."""
+    return {c: {"model": ErrorResponse, "description": _ERROR_TEXTS[c]} for c in codes}
+
+
+#: Errors of the upload routes (POST /v1/analyze, /v1/jobs) and of the job routes.
+_ERRORS = _errors(400, 401, 403, 408, 409, 413, 415, 422, 500, 503, 504)
+_JOB_ERRORS = _errors(401, 403, 404, 500)
 
 
 @dataclass(frozen=True)
@@ -364,7 +375,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         ctx.job_id = job.id
         return _envelope_json(server.jobs.view(job), ctx, 202, headers={"Location": f"/v1/jobs/{job.id}"})
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobResponse, responses=_ERRORS, tags=["jobs"])
+    @app.get("/v1/jobs/{job_id}", response_model=JobResponse, responses=_JOB_ERRORS, tags=["jobs"])
     async def get_job(request: Request, job_id: str, key_id: KeyId) -> JSONResponse:
         """State, progress (sampled frames done / planned) and, once finished, the result."""
         ctx = _ctx(request)
@@ -375,7 +386,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         ctx.result_status = view.result.status if view.result is not None else None
         return _envelope_json(view, ctx)
 
-    @app.delete("/v1/jobs/{job_id}", response_model=JobResponse, responses=_ERRORS, tags=["jobs"])
+    @app.delete("/v1/jobs/{job_id}", response_model=JobResponse, responses=_JOB_ERRORS, tags=["jobs"])
     async def delete_job(request: Request, job_id: str, key_id: KeyId) -> JSONResponse:
         """Cancel the job if unfinished, and delete it with its result (later GETs: 404)."""
         ctx = _ctx(request)

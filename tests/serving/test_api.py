@@ -33,6 +33,13 @@ def test_probes_and_docs(live: LiveServer) -> None:
         body = spec["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]["multipart/form-data"]
         assert body["schema"]["required"] == ["file"]
         assert {"/v1/jobs", "/v1/jobs/{job_id}", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+        # each route declares the errors it can answer: 404 on a job, no upload errors there
+        job = spec["paths"]["/v1/jobs/{job_id}"]
+        for method in ("get", "delete"):
+            declared = set(job[method]["responses"])
+            assert {"404", "401", "403"} <= declared and "413" not in declared
+        upload = set(spec["paths"]["/v1/analyze"]["post"]["responses"])
+        assert {"400", "408", "413", "415", "422", "503"} <= upload
         assert c.get("/docs").status_code == 200
         missing = c.get("/nope")
         assert missing.status_code == 404
