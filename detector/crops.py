@@ -104,21 +104,23 @@ def turn_back(
     """``image`` turned ``orientation`` degrees counter-clockwise (a multiple of 90: it undoes a
     face turned that far clockwise), and ``box`` and ``points`` in the turned image's pixels."""
     turns = (int(orientation) // 90) % 4
+    box_t, pts = _turned(image.shape, box, points, turns)
+    return np.ascontiguousarray(np.rot90(image, turns)), box_t, pts
+
+
+def _turned(
+    shape: Sequence[int], box: Sequence[float], points: Sequence[Sequence[float]], turns: int
+) -> tuple[tuple[float, float, float, float], list[tuple[float, float]]]:
+    """``box`` and ``points`` of a picture of ``shape`` after ``turns`` counter-clockwise quarter
+    turns (one turn: ``(x, y) -> (y, W - x)``, the picture's sides swapping)."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
     pts = [(float(x), float(y)) for x, y in points]
-    height, width = int(image.shape[0]), int(image.shape[1])
-    for _ in range(turns):  # one counter-clockwise quarter turn: (x, y) -> (y, W - x)
+    height, width = int(shape[0]), int(shape[1])
+    for _ in range(turns):
+        x0, y0, x1, y1 = y0, width - x1, y1, width - x0
         pts = [(y, width - x) for x, y in pts]
         height, width = width, height
-    return np.ascontiguousarray(np.rot90(image, turns)), _turned_box(image.shape, box, turns), pts
-
-
-def _turned_box(shape: Sequence[int], box: Sequence[float], turns: int) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = (float(v) for v in box[:4])
-    height, width = int(shape[0]), int(shape[1])
-    for _ in range(turns):  # one counter-clockwise quarter turn: (x, y) -> (y, W - x)
-        x0, y0, x1, y1 = y0, width - x1, y1, width - x0
-        height, width = width, height
-    return x0, y0, x1, y1
+    return (x0, y0, x1, y1), pts
 
 
 def crop_boxes(
@@ -150,7 +152,7 @@ def crop_boxes(
         if turns:
             if turns not in turned:
                 turned[turns] = np.ascontiguousarray(np.rot90(image, turns))
-            pic, box = turned[turns], _turned_box(image.shape, box, turns)
+            pic, box = turned[turns], _turned(image.shape, box, (), turns)[0]
         one = crop_face(pic, box, margin, size)[None] if views == 1 else crop_views(pic, box, margin, size)
         out.append(one)
     return np.concatenate(out)
