@@ -226,6 +226,8 @@ def export_run(path: str | Path, out: str | Path, *, int8: bool = False, calibra
             result["int8"] = _try_int8(tmp, card, cfg, data, val_dl, y, mean, std, quantize_int8, q_out.name)
         if q_tmp.exists():
             os.replace(q_tmp, q_out)
+        elif int8:  # not kept: an INT8 file left by an earlier export would not match this model
+            q_out.unlink(missing_ok=True)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
