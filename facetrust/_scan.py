@@ -3,18 +3,26 @@
 Exit codes: 0 when nothing is judged fake (files with no face count as not fake),
 1 when at least one file is judged fake, 2 when any file could not be analysed
 (unreadable, unsupported, too_large, timeout, cancelled, error, missing path) or the
-command itself failed (bad model, conflicting options). 2 wins over 1.
+command itself failed (bad model, conflicting options). 2 wins over 1. 130 (SIGINT, Ctrl-C)
+or 143 (SIGTERM) when the scan was interrupted: the file being analysed is cancelled, the
+results so far are printed (and kept in ``--output``), the files not reached are listed as
+``cancelled``.
 
 ``--json`` prints a JSON *list* with one :class:`detector.schema.AnalysisResult` object
-per file, in scan order, even for a single file; nothing else goes to stdout.
+per file, in scan order, even for a single file; nothing else goes to stdout. The list is
+written as the files are analysed. ``--output FILE`` appends each result to FILE as one JSON
+line as soon as it is made; ``--resume`` goes on with such a file (see :mod:`facetrust._output`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +30,8 @@ from typing import Annotated, Any
 import typer
 
 EXIT_OK, EXIT_FAKE, EXIT_ERROR = 0, 1, 2
+#: Exit status after SIGINT / SIGTERM (128 + the signal's number, as shells report it).
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 #: Terminal width from which the SHA-256 column fits in the table unfolded (else: below it).
 SHA_TABLE_WIDTH = 150
 _NOT_ERRORS = {"ok", "no_face"}
@@ -123,9 +133,41 @@ def sha256_lines(results: list[Any]) -> list[str]:
     return [f"{r.sha256}  {r.path}" for r in results if r.sha256]
 
 
-def results_table(results: list[Any], strict: bool = False, sha_column: bool = True) -> Any:
-    """The scan table (a ``rich.table.Table``): one row per file, one per video track; without
-    ``sha_column`` the hashes are left to :func:`sha256_lines`."""
+@dataclass(frozen=True)
+class ScanRow:
+    """What the table and the exit code need of one result (a video's frames are not kept)."""
+
+    path: str
+    status: str
+    label: str | None
+    label_strict: str | None
+    fake_probability: float | None
+    faces: int | None
+    sha256: str | None
+    error: str | None
+    warnings: tuple[str, ...]
+    tracks: tuple[Any, ...]
+    model: Any
+
+    @classmethod
+    def of(cls, r: Any) -> ScanRow:
+        """The row of an :class:`~detector.schema.AnalysisResult` (or a row itself)."""
+        if isinstance(r, ScanRow):
+            return r
+        if r.faces is not None:
+            faces: int | None = len(r.faces)
+        elif r.frames is not None:
+            faces = sum(len(f.faces) for f in r.frames)
+        else:
+            faces = None
+        return cls(r.path, r.status, r.label, r.label_strict, r.fake_probability, faces, r.sha256,
+                   r.error, tuple(r.warnings), tuple(r.tracks or ()), r.model)
+
+
+def results_table(results: Sequence[Any], strict: bool = False, sha_column: bool = True) -> Any:
+    """The scan table (a ``rich.table.Table``) of results (or their :class:`ScanRow`): one row
+    per file, one per video track; without ``sha_column`` the hashes are left to
+    :func:`sha256_lines`."""
     from rich.table import Table
     from rich.text import Text
 
@@ -141,23 +183,18 @@ def results_table(results: list[Any], strict: bool = False, sha_column: bool = T
         table.add_column("SHA-256", overflow="fold", min_width=16, max_width=64)
     blank = ("",) * (5 if sha_column else 4)
     key = "label_strict" if strict else "label"
-    for r in results:
+    for r in map(ScanRow.of, results):
         verdict = getattr(r, key) or "-"
         style = {"fake": "bold red", "real": "green"}.get(verdict, "yellow")
         prob = f"{r.fake_probability:.3f}" if r.fake_probability is not None else "-"
-        if r.faces is not None:
-            n_faces = str(len(r.faces))
-        elif r.frames is not None:
-            n_faces = str(sum(len(f.faces) for f in r.frames))
-        else:
-            n_faces = "-"
+        n_faces = str(r.faces) if r.faces is not None else "-"
         sha = (r.sha256 or "-",) if sha_column else ()
         table.add_row(Text(r.path), Text(r.status), Text(verdict, style=style), prob, n_faces, *sha)
         if r.error:
             table.add_row(Text(f"  {r.error}", style="dim"), *blank)
         for warning in r.warnings:
             table.add_row(Text(f"  warning: {warning}", style="yellow"), *blank)
-        for tr in r.tracks or []:
+        for tr in r.tracks:
             label = tr.label_strict if strict else tr.label
             table.add_row(
                 f"  track {tr.id}: {len(tr.frames)} face{'' if len(tr.frames) == 1 else 's'}, "
@@ -221,6 +258,27 @@ def register(app: typer.Typer) -> None:
                 "as much with the face box), all (videos too: 4x the classifier work), none",
             ),
         ] = MultiCropChoice.images,
+        output: Annotated[
+            Path | None,
+            typer.Option(
+                "--output",
+                "-o",
+                help="also append each file's result to FILE as one JSON line (the --json schema), "
+                "written to disk as soon as the file is analysed; FILE must be new or empty "
+                "unless --resume is given",
+                metavar="FILE",
+            ),
+        ] = None,
+        resume: Annotated[
+            bool,
+            typer.Option(
+                "--resume",
+                help="go on with the --output FILE of an earlier scan: files it holds a result "
+                "for (ok, no_face, unsupported, too_large; same SHA-256) are not analysed again, "
+                "the rest are; refused if FILE was made with another model, sampling or "
+                "--multi-crop",
+            ),
+        ] = False,
     ) -> None:
         """Find every face in images and videos and score it as real or fake.
 
@@ -228,16 +286,20 @@ def register(app: typer.Typer) -> None:
         the shipped model, the smallest face size it was trained on); smaller
         faces are not reported.
         Exit code 0: nothing judged fake (no_face counts as not fake); 1: something
-        judged fake; 2: a file could not be analysed or the command failed.
+        judged fake; 2: a file could not be analysed or the command failed;
+        130/143: interrupted by SIGINT (Ctrl-C) / SIGTERM (results so far are
+        printed, and kept in --output; --resume goes on).
         """
         try:
             sampling = _sampling(frames, fps, all_frames)
         except typer.BadParameter as exc:
             raise _fail(str(exc)) from None
+        if resume and output is None:
+            raise _fail("--resume goes on with an --output FILE: give --output too")
 
         from detector.analyze import create_analyzer
         from detector.card import ModelCardError
-        from detector.schema import AnalysisResult, Status
+        from facetrust._output import OutputError, ResultLog
 
         try:
             analyzer = create_analyzer(model, multi_crop=multi_crop.value)
@@ -246,41 +308,144 @@ def register(app: typer.Typer) -> None:
         except (OSError, RuntimeError, ValueError) as exc:
             raise _fail(f"cannot start the analyzer: {exc}") from None
 
-        # In argument order: a file, the files under a folder, or a result for what cannot be read.
-        todo: list[Path | Any] = []
-        for p in paths:
-            if not p.exists():
-                todo.append(AnalysisResult(path=str(p), status=Status.unreadable,
-                                           error=f"no such file or directory: {p}"))
-                continue
-            locked: list[Path] = []
-            todo.extend(iter_scan_paths(p, locked))
-            todo.extend(
-                AnalysisResult(path=str(d), status=Status.unreadable,
-                               error=f"cannot list folder {d}: permission denied or I/O error")
-                for d in locked
+        log = None
+        if output is not None:
+            try:
+                log = ResultLog(output, resume=resume)
+                views = {kind: analyzer.views(kind) for kind in ("image", "video")}
+                log.check(analyzer.model_info, sampling.describe(), views)
+            except OutputError as exc:
+                if log is not None:
+                    log.close()
+                raise _fail(str(exc)) from None
+        try:
+            for warning in log.warnings if log is not None else ():
+                typer.echo(f"warning: {warning}", err=True)
+            todo = _todo(paths, log)
+            if not todo:
+                typer.echo("warning: no files to scan (hidden files are skipped)", err=True)
+            rows, stopped_by, not_started = _analyze_all(analyzer, todo, sampling, log, json_out)
+        finally:
+            if log is not None:
+                log.close()
+
+        if not json_out:
+            _print_table(rows, strict)
+        if stopped_by is not None:
+            hint = (
+                f"; the results are in {output}: run the same command again with --resume to go on"
+                if output is not None
+                else "; with --output FILE, a scan keeps its results and --resume goes on with them"
             )
-        if not todo:
-            typer.echo("warning: no files to scan (hidden files are skipped)", err=True)
-        results = _analyze_all(analyzer, todo, sampling)
+            cancelled = sum(r.status == "cancelled" for r in rows) - not_started
+            typer.echo(
+                f"interrupted by {signal.Signals(stopped_by).name}: of {len(rows)} files, "
+                f"{len(rows) - not_started - cancelled} done, {cancelled} cancelled while being "
+                f"analysed, {not_started} not started{hint}",
+                err=True,
+            )
+            raise typer.Exit(EXIT_SIGNAL[stopped_by])
+        raise typer.Exit(exit_code(rows, strict))
 
-        if json_out:
-            sys.stdout.write(json.dumps([r.model_dump(mode="json") for r in results], indent=2) + "\n")
-        else:
-            _print_table(results, strict)
-        raise typer.Exit(exit_code(results, strict))
+
+def _todo(paths: list[Path], log: Any) -> list[Path | Any]:
+    """In argument order: a file, the files under a folder, or a result for what cannot be read
+    (the ``--output`` file itself is never scanned)."""
+    from detector.schema import AnalysisResult, Status
+
+    todo: list[Path | Any] = []
+    for p in paths:
+        if not p.exists():
+            todo.append(AnalysisResult(path=str(p), status=Status.unreadable,
+                                       error=f"no such file or directory: {p}"))
+            continue
+        locked: list[Path] = []
+        todo.extend(f for f in iter_scan_paths(p, locked) if log is None or not log.is_file(f))
+        todo.extend(
+            AnalysisResult(path=str(d), status=Status.unreadable,
+                           error=f"cannot list folder {d}: permission denied or I/O error")
+            for d in locked
+        )
+    return todo
 
 
-def _analyze_all(analyzer: Any, files: list[Any], sampling: Any) -> list[Any]:
-    """Analyse ``files`` in order with a progress bar on stderr (only when it is a terminal);
-    an entry that is already a result (a path that cannot be read) is kept as it is."""
+class _Interrupt:
+    """While active, SIGINT and SIGTERM ask the scan to stop (the file being analysed is
+    cancelled) instead of killing it; a second signal acts as usual (Ctrl-C twice quits at once)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        """The analyzer's ``cancel`` callback."""
+        return self.signum is not None
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    def __enter__(self) -> _Interrupt:
+        for sig in EXIT_SIGNAL:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+class _JsonList:
+    """Writes a JSON list to stdout one result at a time (valid JSON once closed)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, result: Any) -> None:
+        item = json.dumps(result.model_dump(mode="json"), indent=2)
+        sys.stdout.write(("[\n" if self.count == 0 else ",\n") + textwrap.indent(item, "  "))
+        sys.stdout.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        sys.stdout.write("\n]\n" if self.count else "[]\n")
+        sys.stdout.flush()
+
+
+def _analyze_all(
+    analyzer: Any, files: list[Any], sampling: Any, log: Any, json_out: bool
+) -> tuple[list[ScanRow], int | None, int]:
+    """Analyse ``files`` in order with a progress bar on stderr (only when it is a terminal).
+
+    An entry that is already a result (a path that cannot be read) is kept as it is; with a
+    ``log`` (``--output``), files it can keep are not analysed again and every new result is
+    appended to it at once. With ``json_out`` each result goes to stdout as it comes. Returns
+    the rows, the signal that interrupted the scan (None when it ran to the end) and how many
+    files it did not start (each gets a ``cancelled`` row).
+    """
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from detector.schema import AnalysisResult, Status
+
     err = Console(stderr=True)
-    results = []
-    with Progress(
+    kept = {i: r for i, path in enumerate(files)
+            if log is not None and isinstance(path, Path) and (r := log.kept(path)) is not None}
+    if log is not None and log.results:
+        typer.echo(f"resuming {log.path}: {len(kept)} of {len(files)} files already have a result "
+                   f"there, {len(files) - len(kept)} to analyse", err=True)
+    stream = _JsonList() if json_out else None
+    rows: list[ScanRow] = []
+    not_started = 0
+
+    def record(result: Any) -> None:
+        if stream is not None:
+            stream.add(result)
+        rows.append(ScanRow.of(result))
+
+    with _Interrupt() as interrupt, Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -290,9 +455,22 @@ def _analyze_all(analyzer: Any, files: list[Any], sampling: Any) -> list[Any]:
         disable=not err.is_terminal,
     ) as bar:
         overall = bar.add_task("files", total=len(files))
-        for path in files:
-            if not isinstance(path, Path):
-                results.append(path)
+        for i, path in enumerate(files):
+            if interrupt.signum is not None:
+                name = str(path) if isinstance(path, Path) else path.path
+                by = signal.Signals(interrupt.signum).name
+                record(AnalysisResult(path=name, status=Status.cancelled,
+                                      error=f"not analysed: the scan was interrupted by {by}"))
+                not_started += 1
+                continue
+            if i in kept:
+                record(kept[i])
+                bar.advance(overall)
+                continue
+            if not isinstance(path, Path):  # a path that cannot be read: its result is made
+                if log is not None:
+                    log.append(path)
+                record(path)
                 bar.advance(overall)
                 continue
             task = bar.add_task(f"  {escape(path.name[:40])}", total=None)
@@ -300,7 +478,16 @@ def _analyze_all(analyzer: Any, files: list[Any], sampling: Any) -> list[Any]:
             def progress(done: int, total: int, task: Any = task) -> None:
                 bar.update(task, completed=done, total=total)
 
-            results.append(analyzer.analyze_path(path, sampling=sampling, progress=progress))
+            result = analyzer.analyze_path(path, sampling=sampling, progress=progress, cancel=interrupt)
+            if result.status == "cancelled" and interrupt.signum is not None:
+                by = signal.Signals(interrupt.signum).name
+                result.error = f"cancelled: the scan was interrupted by {by}"
+            if log is not None:
+                log.append(result)
+            record(result)
             bar.remove_task(task)
             bar.advance(overall)
-    return results
+        signum = interrupt.signum
+    if stream is not None:
+        stream.close()
+    return rows, signum, not_started

@@ -7,6 +7,8 @@ command body only, so `facetrust scan` stays torch-free.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 app = typer.Typer(
@@ -33,5 +35,8 @@ def _register() -> None:
 
 def main() -> None:
     """Entry point of the `facetrust` console script."""
-    _register()
+    try:
+        _register()
+    except KeyboardInterrupt:  # Ctrl-C while the modules load: no traceback
+        sys.exit(130)
     app()
