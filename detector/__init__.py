@@ -45,6 +45,7 @@ _EXPORTS = {
     "crop_face": "detector.crops",
     "crop_views": "detector.crops",
     "link_tracks": "detector.tracks",
+    "Report": "detector.report",
 }
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "ModelCardError",
     "ModelInfo",
     "MultiCrop",
+    "Report",
     "Sampling",
     "ScoreBatch",
     "Status",
@@ -85,6 +87,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from detector.crops import crop_face, crop_views
     from detector.faces import DetectedFace, FaceDetector, create_face_detector
     from detector.media import MediaError
+    from detector.report import Report
     from detector.schema import AnalysisResult, Face, Frame, MediaType, ModelInfo, Status, Track, VideoInfo
     from detector.tracks import link_tracks
     from detector.video import Sampling, VideoLimits

@@ -41,6 +41,11 @@ from detector.video import Sampling, VideoLimits, iter_sampled_frames
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
+#: Called with each analysed picture's faces as the model crops them (card's margin and size,
+#: turned upright; one crop per face, in the order of the result's faces, whatever
+#: ``multi_crop``): ``(frame index, or None for a still image, uint8 [faces, S, S, 3])``. Not
+#: called for pictures without faces. For reports (:mod:`detector.report`).
+FaceCrops = Callable[[int | None, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -178,8 +183,9 @@ class Analyzer:
         sampling: Sampling | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
+        face_crops: FaceCrops | None = None,
     ) -> AnalysisResult:
-        """Analyse one file (image or video, recognised by its content)."""
+        """Analyse one file (image or video, recognised by its content); see :data:`FaceCrops`."""
         path = Path(path)
         timer = _Timer()
         base = self._base(str(path))
@@ -189,9 +195,11 @@ class Analyzer:
                 head = fh.read(SNIFF_BYTES)
             base.media_type = _media_kind(head, path.read_bytes)
             if base.media_type == "image":
-                result = self._image(path.read_bytes(), str(path), base, timer)
+                result = self._image(path.read_bytes(), str(path), base, timer, face_crops)
             else:
-                result = self._video(path, str(path), base, timer, sampling, progress, cancel)
+                result = self._video(
+                    path, str(path), base, timer, sampling, progress, cancel, face_crops
+                )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             result = self._failed(base, exc, timer)
         return result
@@ -204,6 +212,7 @@ class Analyzer:
         sampling: Sampling | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
+        face_crops: FaceCrops | None = None,
     ) -> AnalysisResult:
         """Analyse an in-memory file; videos go through a temporary file, always removed."""
         timer = _Timer()
@@ -212,12 +221,14 @@ class Analyzer:
             self._check_size(len(data))
             base.media_type = _media_kind(data[:SNIFF_BYTES], lambda: data)
             if base.media_type == "image":
-                return self._image(data, name, base, timer)
+                return self._image(data, name, base, timer, face_crops)
             fd, tmp = tempfile.mkstemp(prefix="facetrust-", suffix=Path(name).suffix[:16])
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
-                return self._video(Path(tmp), name, base, timer, sampling, progress, cancel)
+                return self._video(
+                    Path(tmp), name, base, timer, sampling, progress, cancel, face_crops
+                )
             finally:
                 os.unlink(tmp)
         except Exception as exc:  # noqa: BLE001
@@ -243,6 +254,7 @@ class Analyzer:
         progress: Progress | None = None,
         cancel: Cancel | None = None,
         name: str | None = None,
+        face_crops: FaceCrops | None = None,
     ) -> AnalysisResult:
         """Analyse a video file; ``name`` is reported as the result's path (default: ``path``)."""
         path = Path(path)
@@ -251,7 +263,7 @@ class Analyzer:
         try:
             self._read_file_facts(path, base)
             base.media_type = "video"
-            return self._video(path, base.path, base, timer, sampling, progress, cancel)
+            return self._video(path, base.path, base, timer, sampling, progress, cancel, face_crops)
         except Exception as exc:  # noqa: BLE001
             return self._failed(base, exc, timer)
 
@@ -351,7 +363,10 @@ class Analyzer:
         result.aggregation = rule
         return result
 
-    def _image(self, data: bytes, name: str, base: AnalysisResult, timer: _Timer) -> AnalysisResult:
+    def _image(
+        self, data: bytes, name: str, base: AnalysisResult, timer: _Timer,
+        face_crops: FaceCrops | None = None,
+    ) -> AnalysisResult:
         result = base.model_copy(update={"path": name, "media_type": "image"})
         t = time.perf_counter()
         image = decode_image(
@@ -362,8 +377,11 @@ class Analyzer:
         detections = list(self.face_detector.detect(image))
         t = timer.add("detect", t)
         views = self.views("image")
-        scores = self._score([self._crops(image, detections, views)], views)
+        crops = self._crops(image, detections, views)
+        scores = self._score([crops], views)
         timer.add("classify", t)
+        if face_crops is not None and detections:
+            face_crops(None, _read_only(crops if views == 1 else self._crops(image, detections, 1)))
         result.crop_views = views
         result.faces = [self._face(d, scores, i) for i, d in enumerate(detections)]
         verdict = aggregate.image_verdict([f.fake_probability for f in result.faces])
@@ -383,6 +401,7 @@ class Analyzer:
         sampling: Sampling | None,
         progress: Progress | None,
         cancel: Cancel | None,
+        face_crops: FaceCrops | None = None,
     ) -> AnalysisResult:
         sampling = sampling or Sampling()
         deadline = time.monotonic() - (time.perf_counter() - timer.t0) + self.limits.time_limit
@@ -396,7 +415,7 @@ class Analyzer:
             path, sampling, limits=self.limits.video_limits(), deadline=deadline
         ) as sampled, Prefetch(sampled, depth=_DECODE_AHEAD) as ahead:
             timer.add("decode", t)
-            batch = _FrameBatch(self, timer, frames, detections)
+            batch = _FrameBatch(self, timer, frames, detections, face_crops)
             while True:
                 if cancel is not None and cancel():
                     raise _Cancelled()
@@ -453,6 +472,13 @@ class Analyzer:
         return result
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A view of ``array`` that cannot be written (callbacks see crops that are still scored)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def _video_turn(frame_turns: Sequence[int]) -> int:
     """The turn of a whole video (clockwise degrees) once :data:`ORIENT_PROBE_FRAMES` frames with
     faces were checked and at least half of them show every face turned by that same angle;
@@ -482,9 +508,11 @@ class _FrameBatch:
     """
 
     def __init__(
-        self, analyzer: Analyzer, timer: _Timer, frames: list[Frame], detections: list[list[Any]]
+        self, analyzer: Analyzer, timer: _Timer, frames: list[Frame], detections: list[list[Any]],
+        face_crops: FaceCrops | None = None,
     ) -> None:
         self.a, self.timer, self.frames, self.detections = analyzer, timer, frames, detections
+        self.face_crops = face_crops
         self.pending: list[Any] = []  # decoded, awaiting detection
         self.pending_pixels = 0
         self.waiting: list[tuple[tuple[int, float], list[Any]]] = []  # ((index, time), faces)
@@ -532,7 +560,11 @@ class _FrameBatch:
         t = self.timer.add("detect", t)
         for f, faces in zip(self.pending, dets, strict=True):
             faces = list(faces)
-            self.crops.append(self.a._crops(f.image_rgb, faces, self.views))
+            crops = self.a._crops(f.image_rgb, faces, self.views)
+            self.crops.append(crops)
+            if self.face_crops is not None and faces:
+                one = crops if self.views == 1 else self.a._crops(f.image_rgb, faces, 1)
+                self.face_crops(int(f.index), _read_only(one))
             self.waiting.append(((int(f.index), float(f.time)), faces))  # the picture is dropped
         self.timer.add("classify", t)
         self.pending, self.pending_pixels = [], 0

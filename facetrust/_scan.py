@@ -279,6 +279,16 @@ def register(app: typer.Typer) -> None:
                 "--multi-crop",
             ),
         ] = False,
+        report: Annotated[
+            Path | None,
+            typer.Option(
+                "--report",
+                help="also write a self-contained HTML report to FILE: per file its SHA-256, "
+                "verdict, every face's crop and score, a video's timeline per track and every "
+                "frame, and the whole JSON result; its own SHA-256 goes to stderr",
+                metavar="FILE",
+            ),
+        ] = None,
     ) -> None:
         """Find every face in images and videos and score it as real or fake.
 
@@ -296,9 +306,12 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(exc)) from None
         if resume and output is None:
             raise _fail("--resume goes on with an --output FILE: give --output too")
+        if report is not None and (report.is_dir() or not report.parent.is_dir()):
+            raise _fail(f"--report {report}: not a file in an existing folder")
 
         from detector.analyze import create_analyzer
         from detector.card import ModelCardError
+        from detector.report import Report
         from facetrust._output import OutputError, ResultLog
 
         try:
@@ -324,10 +337,19 @@ def register(app: typer.Typer) -> None:
             todo = _todo(paths, log)
             if not todo:
                 typer.echo("warning: no files to scan (hidden files are skipped)", err=True)
-            rows, stopped_by, not_started = _analyze_all(analyzer, todo, sampling, log, json_out)
+            book = Report() if report is not None else None
+            rows, stopped_by, not_started = _analyze_all(
+                analyzer, todo, sampling, log, json_out, book
+            )
         finally:
             if log is not None:
                 log.close()
+        if book is not None and report is not None:
+            try:
+                digest = book.write(report)
+            except OSError as exc:
+                raise _fail(f"cannot write --report {report}: {exc.strerror or exc}") from None
+            typer.echo(f"report: {report} (SHA-256 {digest})", err=True)
 
         if not json_out:
             _print_table(rows, strict)
@@ -414,13 +436,14 @@ class _JsonList:
 
 
 def _analyze_all(
-    analyzer: Any, files: list[Any], sampling: Any, log: Any, json_out: bool
+    analyzer: Any, files: list[Any], sampling: Any, log: Any, json_out: bool, report: Any = None
 ) -> tuple[list[ScanRow], int | None, int]:
     """Analyse ``files`` in order with a progress bar on stderr (only when it is a terminal).
 
     An entry that is already a result (a path that cannot be read) is kept as it is; with a
     ``log`` (``--output``), files it can keep are not analysed again and every new result is
-    appended to it at once. With ``json_out`` each result goes to stdout as it comes. Returns
+    appended to it at once. With ``json_out`` each result goes to stdout as it comes; with a
+    ``report`` (:class:`detector.report.Report`) each result and its face crops go in it. Returns
     the rows, the signal that interrupted the scan (None when it ran to the end) and how many
     files it did not start (each gets a ``cancelled`` row).
     """
@@ -440,9 +463,11 @@ def _analyze_all(
     rows: list[ScanRow] = []
     not_started = 0
 
-    def record(result: Any) -> None:
+    def record(result: Any, crops: Any = None) -> None:
         if stream is not None:
             stream.add(result)
+        if report is not None:
+            report.add(result, crops)
         rows.append(ScanRow.of(result))
 
     with _Interrupt() as interrupt, Progress(
@@ -478,13 +503,16 @@ def _analyze_all(
             def progress(done: int, total: int, task: Any = task) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = analyzer.analyze_path(path, sampling=sampling, progress=progress, cancel=interrupt)
+            crops = report.collector() if report is not None else None
+            result = analyzer.analyze_path(
+                path, sampling=sampling, progress=progress, cancel=interrupt, face_crops=crops
+            )
             if result.status == "cancelled" and interrupt.signum is not None:
                 by = signal.Signals(interrupt.signum).name
                 result.error = f"cancelled: the scan was interrupted by {by}"
             if log is not None:
                 log.append(result)
-            record(result)
+            record(result, crops)
             bar.remove_task(task)
             bar.advance(overall)
         signum = interrupt.signum

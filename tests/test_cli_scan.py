@@ -288,3 +288,18 @@ def test_scan_path_never_imports_torch(tiny_model: Path, media: dict[str, Path])
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=REPO)
     assert proc.stderr.endswith("NO-TORCH"), proc.stderr
+
+
+def test_report_file(tiny_model: Path, media: dict[str, Path], tmp_path: Path) -> None:
+    report = tmp_path / "case.html"
+    proc = scan(media["face"], media["video"], tmp_path / "missing.jpg", "--model", tiny_model,
+                "--frames", "6", "--report", report)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # the missing path
+    data = report.read_bytes()
+    assert f"report: {report} (SHA-256 {hashlib.sha256(data).hexdigest()})" in proc.stderr
+    text = data.decode()
+    assert text.count("<section") == 3 and text.count('class="facetrust-result"') == 3
+    assert text.count("<svg") == 1 and "no such file or directory" in text
+    for bad in (tmp_path, tmp_path / "no" / "case.html"):
+        refused = scan(media["face"], "--model", tiny_model, "--report", bad)
+        assert refused.returncode == 2 and "--report" in refused.stderr and refused.stdout == ""
