@@ -311,8 +311,6 @@ def register(app: typer.Typer) -> None:
 
         from detector.analyze import create_analyzer
         from detector.card import ModelCardError
-        from detector.report import Report
-        from facetrust._output import OutputError, ResultLog
 
         try:
             analyzer = create_analyzer(model, multi_crop=multi_crop.value)
@@ -321,68 +319,97 @@ def register(app: typer.Typer) -> None:
         except (OSError, RuntimeError, ValueError) as exc:
             raise _fail(f"cannot start the analyzer: {exc}") from None
 
-        log = None
-        if output is not None:
-            try:
-                log = ResultLog(output, resume=resume)
-                views = {kind: analyzer.views(kind) for kind in ("image", "video")}
-                log.check(analyzer.model_info, sampling.describe(), views)
-            except OutputError as exc:
-                if log is not None:
-                    log.close()
-                raise _fail(str(exc)) from None
+        with _Stop() as stop:
+            _run(analyzer, paths, sampling, json_out, strict, output, resume, report, stop)
+
+
+def _run(
+    analyzer: Any, paths: list[Path], sampling: Any, json_out: bool, strict: bool,
+    output: Path | None, resume: bool, report: Path | None, stop: _Stop,
+) -> None:
+    """The body of `facetrust scan` once its options are checked (raises ``typer.Exit``)."""
+    from detector.report import Report
+    from facetrust._output import OutputError, ResultLog
+
+    log = None
+    if output is not None:
         try:
-            for warning in log.warnings if log is not None else ():
-                typer.echo(f"warning: {warning}", err=True)
-            todo = _todo(paths, log)
-            if not todo:
-                typer.echo("warning: no files to scan (hidden files are skipped)", err=True)
-            book = Report() if report is not None else None
-            rows, stopped_by, not_started = _analyze_all(
-                analyzer, todo, sampling, log, json_out, book
-            )
-        finally:
+            log = ResultLog(output, resume=resume)
+            views = {kind: analyzer.views(kind) for kind in ("image", "video")}
+            log.check(analyzer.model_info, sampling.describe(), views)
+            log.accept()
+        except OutputError as exc:
             if log is not None:
                 log.close()
-        if book is not None and report is not None:
-            try:
-                digest = book.write(report)
-            except OSError as exc:
-                raise _fail(f"cannot write --report {report}: {exc.strerror or exc}") from None
-            typer.echo(f"report: {report} (SHA-256 {digest})", err=True)
+            raise _fail(str(exc)) from None
+    try:
+        for warning in log.warnings if log is not None else ():
+            typer.echo(f"warning: {warning}", err=True)
+        todo = _todo(paths, log)
+        if not todo:
+            typer.echo("warning: no files to scan (hidden files are skipped)", err=True)
+        book = Report() if report is not None else None
+        rows, not_started = _analyze_all(analyzer, todo, sampling, log, json_out, book, stop)
+    finally:
+        if log is not None:
+            log.close()
+    if book is not None and report is not None:
+        try:
+            digest = book.write(report)
+        except OSError as exc:
+            raise _fail(f"cannot write --report {report}: {exc.strerror or exc}") from None
+        typer.echo(f"report: {report} (SHA-256 {digest})", err=True)
 
-        if not json_out:
-            _print_table(rows, strict)
-        if stopped_by is not None:
-            hint = (
-                f"; the results are in {output}: run the same command again with --resume to go on"
-                if output is not None
-                else "; with --output FILE, a scan keeps its results and --resume goes on with them"
-            )
-            cancelled = sum(r.status == "cancelled" for r in rows) - not_started
-            typer.echo(
-                f"interrupted by {signal.Signals(stopped_by).name}: of {len(rows)} files, "
-                f"{len(rows) - not_started - cancelled} done, {cancelled} cancelled while being "
-                f"analysed, {not_started} not started{hint}",
-                err=True,
-            )
-            raise typer.Exit(EXIT_SIGNAL[stopped_by])
-        raise typer.Exit(exit_code(rows, strict))
+    if not json_out:
+        _print_table(rows, strict)
+    if stop.reason is not None:
+        hint = (
+            f"; the results are in {output}: run the same command again with --resume to go on"
+            if output is not None and stop.signum is not None
+            else ""
+        )
+        cancelled = sum(r.status == "cancelled" for r in rows) - not_started
+        typer.echo(
+            f"{stop.reason} (of {len(rows)} files: {len(rows) - not_started - cancelled} done, "
+            f"{cancelled} cancelled while being analysed, {not_started} not started){hint}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_SIGNAL[stop.signum] if stop.signum is not None else EXIT_ERROR)
+    if stop.signum is not None:  # a signal after the last file: everything is done
+        raise typer.Exit(EXIT_SIGNAL[stop.signum])
+    raise typer.Exit(exit_code(rows, strict))
+
+
+def _same_file_key(path: Path) -> tuple[int, int] | str:
+    try:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        return str(path)
 
 
 def _todo(paths: list[Path], log: Any) -> list[Path | Any]:
-    """In argument order: a file, the files under a folder, or a result for what cannot be read
-    (the ``--output`` file itself is never scanned)."""
+    """In argument order: a file, the files under a folder, or a result for what cannot be read.
+
+    Each file is listed once, however many arguments name it (the first one counts); the
+    ``--output`` file itself (or a link to it) is never scanned.
+    """
     from detector.schema import AnalysisResult, Status
 
     todo: list[Path | Any] = []
+    seen: set[tuple[int, int] | str] = set()
     for p in paths:
         if not p.exists():
             todo.append(AnalysisResult(path=str(p), status=Status.unreadable,
                                        error=f"no such file or directory: {p}"))
             continue
         locked: list[Path] = []
-        todo.extend(f for f in iter_scan_paths(p, locked) if log is None or not log.is_file(f))
+        for f in iter_scan_paths(p, locked):
+            key = _same_file_key(f)
+            if key in seen or (log is not None and log.is_file(f)):
+                continue
+            seen.add(key)
+            todo.append(f)
         todo.extend(
             AnalysisResult(path=str(d), status=Status.unreadable,
                            error=f"cannot list folder {d}: permission denied or I/O error")
@@ -391,24 +418,35 @@ def _todo(paths: list[Path], log: Any) -> list[Path | Any]:
     return todo
 
 
-class _Interrupt:
-    """While active, SIGINT and SIGTERM ask the scan to stop (the file being analysed is
-    cancelled) instead of killing it; a second signal acts as usual (Ctrl-C twice quits at once)."""
+class _Stop:
+    """Why a scan stops early. While active, SIGINT and SIGTERM ask it to stop (the file being
+    analysed is cancelled) instead of killing it; a second signal acts as usual (Ctrl-C twice
+    quits at once). A failed write (``--output``, a closed stdout) stops it too."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.reason: str | None = None  # set when files were left undone
         self._previous: dict[int, Any] = {}
 
     def __call__(self) -> bool:
         """The analyzer's ``cancel`` callback."""
-        return self.signum is not None
+        return self.signum is not None or self.reason is not None
+
+    def why(self) -> str:
+        if self.reason is None:
+            self.reason = f"the scan was interrupted by {signal.Signals(self.signum or 0).name}"
+        return self.reason
+
+    def fail(self, message: str) -> None:
+        if self.reason is None:
+            self.reason = message
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signum = signum
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
 
-    def __enter__(self) -> _Interrupt:
+    def __enter__(self) -> _Stop:
         for sig in EXIT_SIGNAL:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -419,39 +457,54 @@ class _Interrupt:
 
 
 class _JsonList:
-    """Writes a JSON list to stdout one result at a time (valid JSON once closed)."""
+    """Writes a JSON list to stdout one result at a time (valid JSON once closed). A closed
+    stdout (``| head``) sets :attr:`broken`; nothing more is written then."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.broken = False
+
+    def _write(self, text: str) -> None:
+        if self.broken:
+            return
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.broken = True
+            devnull = os.open(os.devnull, os.O_WRONLY)  # no second error when Python exits
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
 
     def add(self, result: Any) -> None:
         item = json.dumps(result.model_dump(mode="json"), indent=2)
-        sys.stdout.write(("[\n" if self.count == 0 else ",\n") + textwrap.indent(item, "  "))
-        sys.stdout.flush()
+        self._write(("[\n" if self.count == 0 else ",\n") + textwrap.indent(item, "  "))
         self.count += 1
 
     def close(self) -> None:
-        sys.stdout.write("\n]\n" if self.count else "[]\n")
-        sys.stdout.flush()
+        self._write("\n]\n" if self.count else "[]\n")
 
 
 def _analyze_all(
-    analyzer: Any, files: list[Any], sampling: Any, log: Any, json_out: bool, report: Any = None
-) -> tuple[list[ScanRow], int | None, int]:
+    analyzer: Any, files: list[Any], sampling: Any, log: Any, json_out: bool, report: Any,
+    stop: _Stop,
+) -> tuple[list[ScanRow], int]:
     """Analyse ``files`` in order with a progress bar on stderr (only when it is a terminal).
 
     An entry that is already a result (a path that cannot be read) is kept as it is; with a
     ``log`` (``--output``), files it can keep are not analysed again and every new result is
     appended to it at once. With ``json_out`` each result goes to stdout as it comes; with a
-    ``report`` (:class:`detector.report.Report`) each result and its face crops go in it. Returns
-    the rows, the signal that interrupted the scan (None when it ran to the end) and how many
-    files it did not start (each gets a ``cancelled`` row).
+    ``report`` (:class:`detector.report.Report`) each result and its face crops go in it. When
+    ``stop`` is set (a signal, a failed write) the file being analysed is cancelled and the
+    files after it are not started (each gets a ``cancelled`` row, kept results still count).
+    Returns the rows and how many files were not started.
     """
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from detector.schema import AnalysisResult, Status
+    from facetrust._output import OutputError
 
     err = Console(stderr=True)
     kept = {i: r for i, path in enumerate(files)
@@ -466,11 +519,21 @@ def _analyze_all(
     def record(result: Any, crops: Any = None) -> None:
         if stream is not None:
             stream.add(result)
+            if stream.broken:
+                stop.fail("the scan stopped: stdout was closed (broken pipe)")
         if report is not None:
             report.add(result, crops)
         rows.append(ScanRow.of(result))
 
-    with _Interrupt() as interrupt, Progress(
+    def save(result: Any) -> None:
+        if log is None:
+            return
+        try:
+            log.append(result)
+        except OutputError as exc:
+            stop.fail(f"the scan stopped: {exc}")
+
+    with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -481,20 +544,18 @@ def _analyze_all(
     ) as bar:
         overall = bar.add_task("files", total=len(files))
         for i, path in enumerate(files):
-            if interrupt.signum is not None:
-                name = str(path) if isinstance(path, Path) else path.path
-                by = signal.Signals(interrupt.signum).name
-                record(AnalysisResult(path=name, status=Status.cancelled,
-                                      error=f"not analysed: the scan was interrupted by {by}"))
-                not_started += 1
-                continue
-            if i in kept:
+            if i in kept:  # costs nothing: reported even after a stop
                 record(kept[i])
                 bar.advance(overall)
                 continue
+            if stop():
+                name = str(path) if isinstance(path, Path) else path.path
+                record(AnalysisResult(path=name, status=Status.cancelled,
+                                      error=f"not analysed: {stop.why()}"))
+                not_started += 1
+                continue
             if not isinstance(path, Path):  # a path that cannot be read: its result is made
-                if log is not None:
-                    log.append(path)
+                save(path)
                 record(path)
                 bar.advance(overall)
                 continue
@@ -505,17 +566,14 @@ def _analyze_all(
 
             crops = report.collector() if report is not None else None
             result = analyzer.analyze_path(
-                path, sampling=sampling, progress=progress, cancel=interrupt, face_crops=crops
+                path, sampling=sampling, progress=progress, cancel=stop, face_crops=crops
             )
-            if result.status == "cancelled" and interrupt.signum is not None:
-                by = signal.Signals(interrupt.signum).name
-                result.error = f"cancelled: the scan was interrupted by {by}"
-            if log is not None:
-                log.append(result)
+            if result.status == "cancelled" and stop():
+                result.error = f"cancelled: {stop.why()}"
+            save(result)
             record(result, crops)
             bar.remove_task(task)
             bar.advance(overall)
-        signum = interrupt.signum
     if stream is not None:
         stream.close()
-    return rows, signum, not_started
+    return rows, not_started

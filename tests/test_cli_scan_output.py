@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -178,8 +179,8 @@ def test_interrupted_scan_keeps_its_results_and_resumes(
     assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], stderr
     assert "Traceback" not in stderr
     name = signal.Signals(signum).name
-    summary = "of 3 files, 1 done, 1 cancelled while being analysed, 1 not started"
-    assert f"interrupted by {name}: {summary}" in stderr
+    summary = "(of 3 files: 1 done, 1 cancelled while being analysed, 1 not started)"
+    assert f"the scan was interrupted by {name} {summary}" in stderr
     out = json.loads(stdout)
     assert [r["status"] for r in out] == ["ok", "cancelled", "cancelled"]
     assert out[1]["error"] == f"cancelled: the scan was interrupted by {name}"
@@ -194,3 +195,102 @@ def test_interrupted_scan_keeps_its_results_and_resumes(
     written = [Path(r["path"]).name for r in lines(log)]
     assert written == ["a_face.jpg", "b_long.mp4", "b_long.mp4", "b_noface.png"]
     assert len(resumed[1]["frames"]) == 400
+
+
+def test_resume_refuses_files_a_scan_did_not_write_and_leaves_them_alone(
+    tiny_model: Path, batch: Path, tmp_path: Path
+) -> None:
+    array = tmp_path / "list.json"
+    array.write_text(json.dumps([{"path": "x", "status": "ok"}]))  # one line, no newline
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes((batch / "a_face.jpg").read_bytes())
+    for target, message in ((array, "holds no complete line"), (photo, "is not a FaceTrust result"),
+                            (Path("/dev/full"), "is not a regular file")):
+        before = target.read_bytes() if target.is_file() else None
+        proc = scan(batch, "--model", tiny_model, "-o", target, "--resume")
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+        if before is not None:
+            assert target.read_bytes() == before
+    # another model's file with a cut-off last line: refused before anything is cut
+    log = tmp_path / "results.jsonl"
+    scan_out(batch / "a_face.jpg", "--model", tiny_model, "-o", log)
+    log.write_text(log.read_text() + '{"path": "cut')
+    before = log.read_bytes()
+    other = make_tiny_model(tmp_path / "other.onnx", version="0.0.2")
+    proc = scan(batch, "--model", other, "-o", log, "--resume")
+    assert proc.returncode == 2 and "holds results of model" in proc.stderr
+    assert log.read_bytes() == before
+
+
+def test_resume_needs_a_result_of_this_model(tiny_model: Path, batch: Path, tmp_path: Path) -> None:
+    log = tmp_path / "results.jsonl"
+    face = batch / "a_face.jpg"
+    sha = hashlib.sha256(face.read_bytes()).hexdigest()
+    forged = {"path": str(face), "status": "ok", "sha256": sha, "label": "real"}  # no model, no score
+    log.write_text(json.dumps(forged) + "\n")
+    _, out, err = scan_out(face, "--model", tiny_model, "-o", log, "--resume")
+    assert "0 of 1 files already have a result" in err
+    assert out[0]["status"] == "ok" and out[0]["fake_probability"] is not None
+    missing = tmp_path / "new.jsonl"
+    _, _, err = scan_out(face, "--model", tiny_model, "-o", missing, "--resume")
+    assert "did not exist; starting it" in err and len(lines(missing)) == 1
+
+
+def test_each_file_once_and_never_the_output_or_a_link_to_it(tiny_model: Path, batch: Path) -> None:
+    log = batch / "results.jsonl"
+    log.touch()
+    os.link(log, batch / "hardlink.jsonl")
+    (batch / "loop1").symlink_to(batch / "loop2")
+    (batch / "loop2").symlink_to(batch / "loop1")
+    face = batch / "a_face.jpg"
+    relative = os.path.relpath(face, REPO)
+    code, out, _ = scan_out(batch, face, relative, "--model", tiny_model, "-o", log)
+    names = [Path(r["path"]).name for r in out]
+    assert names.count("a_face.jpg") == 1 and "results.jsonl" not in names and "hardlink.jsonl" not in names
+    assert [r["status"] for r in out if r["path"].endswith(("loop1", "loop2"))] == ["unreadable"] * 2
+    assert lines(log) == out and code == 2
+
+
+def test_a_failed_write_stops_the_scan_cleanly(tiny_model: Path, batch: Path, tmp_path: Path) -> None:
+    """Disk full (here: a file-size limit): exit 2, a message, the list printed whole, the
+    results written so far kept; --resume then drops the half-written line and goes on."""
+    import resource
+
+    probe = tmp_path / "probe.jsonl"
+    scan_out(batch / "a_face.jpg", "--model", tiny_model, "-o", probe)
+    limit = probe.stat().st_size + 100  # room for one result and part of the next
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    log = tmp_path / "results.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "facetrust", "scan", "--json", "--model", str(tiny_model), "-o", str(log),
+         str(batch)], cwd=REPO, capture_output=True, text=True, timeout=180, preexec_fn=small_files,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the scan stopped: cannot write --output" in proc.stderr
+    out = json.loads(proc.stdout)
+    assert [r["status"] for r in out] == ["ok", "no_face", "cancelled"]
+    assert out[2]["error"].startswith("not analysed: the scan stopped: cannot write")
+    assert not log.read_text().endswith("\n")  # the second line was cut off
+    code, resumed, err = scan_out(batch, "--model", tiny_model, "-o", log, "--resume")
+    assert "dropped an incomplete last line" in err and "1 of 3 files already have a result" in err
+    assert [r["status"] for r in resumed] == ["ok", "no_face", "unreadable"] and code == 2
+
+
+def test_closed_stdout_stops_the_scan_with_a_message(tiny_model: Path, batch: Path, tmp_path: Path) -> None:
+    for i in range(6):
+        (batch / f"e{i}.jpg").write_bytes((batch / "a_face.jpg").read_bytes() + bytes([i]))
+    log = tmp_path / "results.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facetrust", "scan", "--json", "--model", str(tiny_model), "-o", str(log),
+         str(batch)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.read(10) == b'[\n  {\n    '
+    proc.stdout.close()  # like `| head -c 10`
+    _, stderr = proc.communicate(timeout=180)
+    text = stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in text and "Exception ignored" not in text, text
+    assert "the scan stopped: stdout was closed (broken pipe)" in text
+    assert 1 <= len(lines(log)) < 9  # what was analysed is kept
