@@ -10,7 +10,9 @@ and carries no score. An unexpected exception becomes status ``error`` with its 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +71,17 @@ class Limits:
     max_sampled_frames: int = 5_000
     time_limit: float = 600.0
 
+    def __post_init__(self) -> None:
+        for name in ("max_file_bytes", "max_image_pixels", "max_image_side", "max_video_pixels",
+                     "max_video_frames", "max_sampled_frames"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"Limits.{name} must be a whole number >= 1, not {v!r}")
+        for name in ("max_video_seconds", "time_limit"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"Limits.{name} must be a finite number > 0, not {v!r}")
+
     def video_limits(self) -> VideoLimits:
         """The :class:`detector.video.VideoLimits` these limits imply."""
         return VideoLimits(
@@ -102,6 +115,57 @@ class _Timeout(Exception):
 
 class _Cancelled(Exception):
     """The caller's cancel() returned True."""
+
+
+class _FileChanged(MediaError):
+    """The file changed (replaced or written) while it was hashed and analysed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            Status.unreadable,
+            f"{path} changed while it was analysed (replaced or written to): no verdict, since "
+            "the SHA-256 and the scores could come from different contents; analyse it again",
+        )
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:  # type: ignore[override]
+        return (MediaError, (self.status.value, self.message))  # type: ignore[return-value]
+
+
+def _fingerprint(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced or written: device, inode, size, times (ns)."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _unchanged(path: Path, before: tuple[int, ...]) -> None:
+    """Raise :class:`_FileChanged` when ``path`` is not the file fingerprinted ``before``."""
+    try:
+        now = _fingerprint(path)
+    except OSError:
+        now = ()
+    if now != before:
+        raise _FileChanged(path)
+
+
+def _as_bytes(data: object) -> bytes:
+    """``data`` as bytes: bytes, bytearray, memoryview or a uint8 numpy array (``TypeError``
+    for anything else: an int would otherwise become that many zero bytes)."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)) or (
+        isinstance(data, np.ndarray) and data.dtype == np.uint8
+    ):
+        return bytes(memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data))
+    raise TypeError(f"data must be bytes (or bytearray, memoryview, uint8 array), not {type(data).__name__}")
+
+
+def _as_name(name: object) -> str:
+    """A reported file name from ``name`` (str, a path, bytes; None: ``'upload'``)."""
+    if name is None:
+        return "upload"
+    if isinstance(name, (bytes, os.PathLike)):
+        return os.fsdecode(name)
+    return str(name)
 
 
 #: Sampled frames decoded ahead of detection, on a background thread (decoding overlaps with
@@ -160,7 +224,10 @@ class Analyzer:
         else:
             self.classifier = Classifier(resolve_model_path(model), threads=threads)
         self.card: ModelCard = self.classifier.card
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a detector.analyze.Limits, not {type(limits).__name__}")
         self.limits = limits or Limits()
+        self._owns_detector = face_detector is None
         if face_detector is None:
             from detector.faces import create_face_detector
 
@@ -176,6 +243,19 @@ class Analyzer:
         )
 
     # -- public API --------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the detection threads of the face detector this analyzer made (one passed in is
+        the caller's to close). Safe while other threads analyse; a later call starts new ones."""
+        close = getattr(self.face_detector, "close", None) if self._owns_detector else None
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Analyzer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def analyze_path(
         self,
         path: str | os.PathLike[str],
@@ -190,16 +270,17 @@ class Analyzer:
         timer = _Timer()
         base = self._base(str(path))
         try:
-            self._read_file_facts(path, base)
+            before = self._read_file_facts(path, base)
             with open(path, "rb") as fh:
                 head = fh.read(SNIFF_BYTES)
             base.media_type = _media_kind(head, path.read_bytes)
             if base.media_type == "image":
-                result = self._image(path.read_bytes(), str(path), base, timer, face_crops)
+                result = self._image(path.read_bytes(), str(path), base, timer, face_crops, cancel)
             else:
                 result = self._video(
                     path, str(path), base, timer, sampling, progress, cancel, face_crops
                 )
+            _unchanged(path, before)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             result = self._failed(base, exc, timer)
         return result
@@ -214,15 +295,18 @@ class Analyzer:
         cancel: Cancel | None = None,
         face_crops: FaceCrops | None = None,
     ) -> AnalysisResult:
-        """Analyse an in-memory file; videos go through a temporary file, always removed."""
+        """Analyse an in-memory file (bytes, bytearray, memoryview or a uint8 array of them);
+        videos go through a temporary file, always removed."""
         timer = _Timer()
+        data, name = _as_bytes(data), _as_name(name)
         base = self._bytes_base(data, name)
         try:
             self._check_size(len(data))
             base.media_type = _media_kind(data[:SNIFF_BYTES], lambda: data)
             if base.media_type == "image":
-                return self._image(data, name, base, timer, face_crops)
-            fd, tmp = tempfile.mkstemp(prefix="facetrust-", suffix=Path(name).suffix[:16])
+                return self._image(data, name, base, timer, face_crops, cancel)
+            suffix = re.sub(r"[^A-Za-z0-9.]", "", Path(name).suffix)[:16]
+            fd, tmp = tempfile.mkstemp(prefix="facetrust-", suffix=suffix)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
@@ -237,8 +321,10 @@ class Analyzer:
     def analyze_image(self, data: bytes, name: str) -> AnalysisResult:
         """Analyse an encoded still image (JPEG, PNG, ... as allowed by :func:`sniff`)."""
         timer = _Timer()
+        data, name = _as_bytes(data), _as_name(name)
         base = self._bytes_base(data, name)
         try:
+            self._check_size(len(data))
             if _media_kind(data[:SNIFF_BYTES], lambda: data) != "image":
                 raise MediaError(Status.unsupported, "this is a video, not a still image")
             base.media_type = "image"  # from the magic bytes, even if decoding then fails
@@ -259,11 +345,13 @@ class Analyzer:
         """Analyse a video file; ``name`` is reported as the result's path (default: ``path``)."""
         path = Path(path)
         timer = _Timer()
-        base = self._base(name or str(path))
+        base = self._base(_as_name(name) if name is not None else str(path))
         try:
-            self._read_file_facts(path, base)
+            before = self._read_file_facts(path, base)
             base.media_type = "video"
-            return self._video(path, base.path, base, timer, sampling, progress, cancel, face_crops)
+            result = self._video(path, base.path, base, timer, sampling, progress, cancel, face_crops)
+            _unchanged(path, before)
+            return result
         except Exception as exc:  # noqa: BLE001
             return self._failed(base, exc, timer)
 
@@ -285,13 +373,16 @@ class Analyzer:
         base.sha256 = hashlib.sha256(data).hexdigest()
         return base
 
-    def _read_file_facts(self, path: Path, base: AnalysisResult) -> None:
-        """Fill ``base``'s size and SHA-256 from the file; ``MediaError`` if unreadable or too big."""
+    def _read_file_facts(self, path: Path, base: AnalysisResult) -> tuple[int, ...]:
+        """Fill ``base``'s size and SHA-256 from the file; ``MediaError`` if unreadable or too big.
+        Returns the file's :func:`_fingerprint` from before it was hashed."""
         try:
             if not path.is_file():
                 raise MediaError(Status.unreadable, f"not a readable file: {path}")
+            before = _fingerprint(path)
             base.size_bytes = self._check_size(path.stat().st_size)
             base.sha256 = sha256_file(path)
+            return before
         except OSError as exc:  # permission denied (the file, or a folder on the way), I/O error
             raise MediaError(Status.unreadable, f"cannot read {path}: {exc.strerror or exc}") from exc
 
@@ -313,8 +404,16 @@ class Analyzer:
                 "label_strict": None,
                 "aggregation": None,
                 "timings": timer.done(),
+                **({"sha256": None} if isinstance(exc, _FileChanged) else {}),
             }
         )
+
+    def _still_going(self, timer: _Timer, cancel: Cancel | None) -> None:
+        """Between the stages of a still image: cancelled, or over the time limit?"""
+        if cancel is not None and cancel():
+            raise _Cancelled()
+        if time.perf_counter() - timer.t0 > self.limits.time_limit:
+            raise _Timeout(f"analysis exceeded the {self.limits.time_limit:g} s time limit")
 
     def views(self, media_type: str) -> int:
         """Crops scored per face for ``media_type`` (``image`` or ``video``): 1 or :data:`VIEWS`."""
@@ -365,7 +464,7 @@ class Analyzer:
 
     def _image(
         self, data: bytes, name: str, base: AnalysisResult, timer: _Timer,
-        face_crops: FaceCrops | None = None,
+        face_crops: FaceCrops | None = None, cancel: Cancel | None = None,
     ) -> AnalysisResult:
         result = base.model_copy(update={"path": name, "media_type": "image"})
         t = time.perf_counter()
@@ -374,12 +473,15 @@ class Analyzer:
         )
         result.height, result.width = int(image.shape[0]), int(image.shape[1])
         t = timer.add("decode", t)
+        self._still_going(timer, cancel)
         detections = list(self.face_detector.detect(image))
         t = timer.add("detect", t)
         views = self.views("image")
+        self._still_going(timer, cancel)
         crops = self._crops(image, detections, views)
         scores = self._score([crops], views)
         timer.add("classify", t)
+        self._still_going(timer, cancel)
         if face_crops is not None and detections:
             face_crops(None, _read_only(crops if views == 1 else self._crops(image, detections, 1)))
         result.crop_views = views
@@ -403,6 +505,8 @@ class Analyzer:
         cancel: Cancel | None,
         face_crops: FaceCrops | None = None,
     ) -> AnalysisResult:
+        if isinstance(sampling, str):
+            sampling = Sampling.parse(sampling)
         sampling = sampling or Sampling()
         deadline = time.monotonic() - (time.perf_counter() - timer.t0) + self.limits.time_limit
         result = base.model_copy(

@@ -49,8 +49,9 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -436,6 +437,7 @@ class FaceDetector:
         # onnxruntime's own intra-op threads, which leave the numpy steps between calls on one core.
         self._nets = _load_nets()
         self._pool: ThreadPoolExecutor | None = None
+        self._users: dict[ThreadPoolExecutor, int] = {}  # calls using each pool now
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public API
@@ -499,10 +501,12 @@ class FaceDetector:
             for chunk in chunks:
                 self._run(chunk, self._nets, orient=orient)
         elif len(chunks) == 1:  # one frame: its pyramid levels and crops are shared out instead
-            self._run(chunks[0], self._nets, self._parallel(), orient=orient)
+            with self._parallel() as pool:
+                self._run(chunks[0], self._nets, pool, orient=orient)
         else:
-            for _ in self._parallel().map(lambda c: self._run(c, self._nets, orient=orient), chunks):
-                pass
+            with self._parallel() as pool:
+                for _ in pool.map(lambda c: self._run(c, self._nets, orient=orient), chunks):
+                    pass
         found = [self._faces(f) for f in frames]
         if orient and not _upright_pass:
             for i, faces in enumerate(found):
@@ -530,18 +534,33 @@ class FaceDetector:
         return sorted((kept[i] for i in pick), key=lambda d: -d.score)
 
     def close(self) -> None:
-        """Stop the detection threads (a later call starts new ones)."""
+        """Stop the detection threads (a later call starts new ones). Safe while other threads
+        detect: their calls finish on the old threads, which stop when the last one is done."""
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            pool, self._pool = self._pool, None
+            busy = pool is not None and self._users.get(pool, 0) > 0
+        if pool is not None and not busy:
+            pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ pipeline
-    def _parallel(self) -> ThreadPoolExecutor:
+    @contextmanager
+    def _parallel(self) -> Iterator[ThreadPoolExecutor]:
+        """The detection thread pool, kept alive (even through :meth:`close`) while in use."""
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="facetrust-mtcnn")
-            return self._pool
+            pool = self._pool
+            self._users[pool] = self._users.get(pool, 0) + 1
+        try:
+            yield pool
+        finally:
+            with self._lock:
+                self._users[pool] -= 1
+                retired = self._users[pool] == 0 and pool is not self._pool
+                if self._users[pool] == 0:
+                    del self._users[pool]
+            if retired:  # closed while in use: the last user stops it
+                pool.shutdown(wait=False)
 
     def _prepare(self, image: np.ndarray) -> _Frame:
         h, w = image.shape[:2]

@@ -103,12 +103,18 @@ class MediaError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status.value!r}, {self.message!r})"
 
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:  # picklable (process pools)
+        return (type(self), (self.status.value, self.message))
+
 
 class MediaTimeout(MediaError):
     """Decoding went past its deadline (status ``timeout``)."""
 
     def __init__(self, message: str = "decoding exceeded its time limit") -> None:
         super().__init__(Status.timeout, message)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:  # type: ignore[override]
+        return (type(self), (self.message,))
 
 
 # -- recognising formats ---------------------------------------------------------

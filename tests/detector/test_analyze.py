@@ -423,3 +423,105 @@ def _decoded_frames(path: Path, index: int):
         for f in frames:
             if f.index == index:
                 yield f.image_rgb
+
+
+# -- from an audit of the Python API --------------------------------------------------------
+def test_a_file_changed_during_analysis_gets_no_verdict(
+    analyzer: Analyzer, astronaut: np.ndarray, one_person: Path, tmp_path: Path
+) -> None:
+    """The SHA-256 and the scores must come from the same bytes: a file replaced while it is
+    analysed (here from the face_crops callback, mid-analysis) is refused."""
+    other = tmp_path / "other.jpg"
+    other.write_bytes(jpeg_bytes(np.ascontiguousarray(astronaut[:, ::-1])))
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg_bytes(astronaut))
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(one_person.read_bytes())
+    for target, replacement in ((photo, other), (video, other)):
+        swapped: list[bool] = []
+
+        def swap(_i: int | None, _c: np.ndarray, target: Path = target, new: Path = replacement,
+                 swapped: list[bool] = swapped) -> None:
+            if not swapped:
+                swapped.append(True)
+                os.replace(new, target) if new.exists() else target.write_bytes(b"x" * 10)
+
+        r = analyzer.analyze_path(target, sampling=Sampling("count", 4), face_crops=swap)
+        assert swapped and r.status == "unreadable" and "changed while it was analysed" in (r.error or "")
+        assert r.sha256 is None and r.fake_probability is None and r.faces is None and r.frames is None
+    assert analyzer.analyze_path(photo).status == "ok"  # unchanged now: analysed as usual
+
+
+def test_still_images_obey_cancel_time_and_size_limits(tiny_model: Path, detector_: FaceDetector,
+                                                        astronaut: np.ndarray) -> None:
+    data = jpeg_bytes(astronaut)
+    a = create_analyzer(tiny_model, face_detector=detector_)
+    assert a.analyze_bytes(data, "a.jpg", cancel=lambda: True).status == "cancelled"
+    quick = create_analyzer(tiny_model, face_detector=detector_, limits=Limits(time_limit=1e-9))
+    r = quick.analyze_bytes(data, "a.jpg")
+    assert r.status == "timeout" and r.fake_probability is None
+    small = create_analyzer(tiny_model, face_detector=detector_, limits=Limits(max_file_bytes=1000))
+    assert small.analyze_image(data, "a.jpg").status == "too_large"
+
+
+def test_arguments_are_taken_or_refused_clearly(analyzer: Analyzer, astronaut: np.ndarray,
+                                                one_person: Path) -> None:
+    data = jpeg_bytes(astronaut)
+    assert analyzer.analyze_bytes(data, None).path == "upload"  # e.g. an upload without a name
+    assert analyzer.analyze_bytes(data, Path("a/b.jpg")).path == "a/b.jpg"
+    assert analyzer.analyze_bytes(bytearray(data), b"c.jpg").path == "c.jpg"
+    as_array = analyzer.analyze_bytes(np.frombuffer(data, np.uint8), "d.jpg")  # cv2.imencode's output
+    assert as_array.status == "ok" and as_array.sha256 == hashlib.sha256(data).hexdigest()
+    with pytest.raises(TypeError, match="data must be bytes"):
+        analyzer.analyze_bytes(5, "e.jpg")  # type: ignore[arg-type]
+    video = analyzer.analyze_bytes(one_person.read_bytes(), "x.mp\x004", sampling="count=3")  # type: ignore[arg-type]
+    assert video.status == "ok" and len(video.frames or []) == 3 and video.path == "x.mp\x004"
+    named = analyzer.analyze_video(one_person, name=Path("q.mp4"), sampling=Sampling("count", 2))
+    assert named.path == "q.mp4"
+    with pytest.raises(ValueError, match="time_limit"):
+        Limits(time_limit=-1)
+    with pytest.raises(ValueError, match="max_video_seconds"):
+        Limits(max_video_seconds=0)
+    with pytest.raises(TypeError, match="Limits"):
+        create_analyzer(analyzer.classifier, limits={"time_limit": 5})  # type: ignore[arg-type]
+
+
+def test_media_errors_pickle() -> None:
+    import pickle
+
+    from detector.media import MediaError, MediaTimeout
+
+    for exc in (MediaError("unreadable", "cut"), MediaTimeout("slow")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and back.status == exc.status and str(back) == str(exc)
+
+
+def test_analyzer_closes_safely_while_in_use(tiny_model: Path, astronaut: np.ndarray) -> None:
+    import time
+
+    data = jpeg_bytes(astronaut)
+
+    def pool_threads() -> set[int]:
+        return {t.ident or 0 for t in threading.enumerate() if t.name.startswith("facetrust-mtcnn")}
+
+    before = pool_threads()
+    with create_analyzer(tiny_model, threads=2) as a:
+        expected = a.analyze_bytes(data, "a.jpg").fake_probability
+        results: list[AnalysisResult] = []
+
+        def work() -> None:
+            results.extend(a.analyze_bytes(data, "a.jpg") for _ in range(6))
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            a.close()  # threads stop when their last user is done; a later call starts new ones
+        for t in threads:
+            t.join()
+    assert len(results) == 18 and {r.status for r in results} == {"ok"}
+    assert {r.fake_probability for r in results} == {expected}
+    deadline = time.monotonic() + 10  # a pool closed while in use stops after its last call
+    while pool_threads() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pool_threads() - before
