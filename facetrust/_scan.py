@@ -365,7 +365,7 @@ def _run(
     if stop.reason is not None:
         hint = (
             f"; the results are in {output}: run the same command again with --resume to go on"
-            if output is not None and stop.signum is not None
+            if output is not None
             else ""
         )
         cancelled = sum(r.status == "cancelled" for r in rows) - not_started
