@@ -348,6 +348,11 @@ class Analyzer:
         base = self._base(_as_name(name) if name is not None else str(path))
         try:
             before = self._read_file_facts(path, base)
+            with open(path, "rb") as fh:
+                head = fh.read(SNIFF_BYTES)
+            if _media_kind(head, path.read_bytes) == "image":
+                base.media_type = "image"
+                raise MediaError(Status.unsupported, "this is a still image, not a video")
             base.media_type = "video"
             result = self._video(path, base.path, base, timer, sampling, progress, cancel, face_crops)
             _unchanged(path, before)

@@ -525,3 +525,13 @@ def test_analyzer_closes_safely_while_in_use(tiny_model: Path, astronaut: np.nda
     while pool_threads() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pool_threads() - before
+
+
+def test_analyze_video_refuses_a_still_image(
+    analyzer: Analyzer, astronaut: np.ndarray, tmp_path: Path
+) -> None:
+    photo = tmp_path / "x.jpg"
+    photo.write_bytes(jpeg_bytes(astronaut))
+    r = analyzer.analyze_video(photo)
+    assert r.status == "unsupported" and r.media_type == "image" and "still image" in (r.error or "")
+    assert r.fake_probability is None
