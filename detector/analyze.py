@@ -79,7 +79,11 @@ class Limits:
                 raise ValueError(f"Limits.{name} must be a whole number >= 1, not {v!r}")
         for name in ("max_video_seconds", "time_limit"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            try:
+                ok = not isinstance(v, (bool, str, bytes)) and math.isfinite(float(v)) and float(v) > 0
+            except (TypeError, ValueError, OverflowError):
+                ok = False
+            if not ok:
                 raise ValueError(f"Limits.{name} must be a finite number > 0, not {v!r}")
 
     def video_limits(self) -> VideoLimits:

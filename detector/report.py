@@ -43,6 +43,13 @@ IMAGE_THUMBS = 64
 _COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
+def _colour(k: int) -> str:
+    """A distinct colour for the ``k``-th track (hues spread by the golden angle after 8)."""
+    if k < len(_COLOURS):
+        return _COLOURS[k]
+    return f"hsl({(k * 137.508) % 360:.0f}, 65%, {40 + 15 * (k % 2)}%)"
+
+
 class CropCollector:
     """``face_crops`` callback for one analysis: keeps each face's crop as a small JPEG."""
 
@@ -76,12 +83,14 @@ class Report:
         """A fresh ``face_crops`` callback for the next analysis."""
         return CropCollector()
 
-    def add(self, result: AnalysisResult, crops: CropCollector | None = None) -> None:
-        """Add one file's section (``crops``: the collector passed to its analysis, if any).
-
-        The section is rendered now, keeping only the thumbnails it shows.
-        """
-        self._sections.append(_section(len(self._sections), result, crops))
+    def add(
+        self, result: AnalysisResult, crops: CropCollector | None = None, source: str | None = None
+    ) -> None:
+        """Add one file's section (``crops``: the collector passed to its analysis, if any;
+        ``source``: where the result came from when it was not analysed now, e.g. an earlier
+        scan's ``--output`` file). The section is rendered now, keeping only the thumbnails it
+        shows."""
+        self._sections.append(_section(len(self._sections), result, crops, source))
 
     def html(self) -> str:
         """The whole report."""
@@ -104,7 +113,8 @@ class Report:
         """Write the report to ``path`` (complete or not at all: a temporary file renamed into
         place) and return the SHA-256 of the written file."""
         path = Path(path)
-        data = self.html().encode("utf-8")
+        # a file name that is not UTF-8 (surrogate-escaped by Python) is shown with \\udcxx escapes
+        data = self.html().encode("utf-8", "backslashreplace")
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -145,7 +155,7 @@ def _rows(pairs: Sequence[tuple[str, object]]) -> str:
     return "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in pairs)
 
 
-def _section(number: int, r: AnalysisResult, crops: CropCollector | None) -> str:
+def _section(number: int, r: AnalysisResult, crops: CropCollector | None, source: str | None) -> str:
     facts: list[tuple[str, object]] = [
         ("file", f"<code>{_e(r.path)}</code>"),
         ("SHA-256", f"<code>{_e(r.sha256 or '-')}</code>"),
@@ -153,6 +163,8 @@ def _section(number: int, r: AnalysisResult, crops: CropCollector | None) -> str
         ("media", _e(r.media_type or "-")),
         ("status", _e(r.status) + (f": {_e(r.error)}" if r.error else "")),
     ]
+    if source:
+        facts.append(("result", f"<b>not analysed in this run</b>: {_e(source)}"))
     if r.model is not None:
         m = r.model
         facts.append(("model", _e(f"{m.name} {m.version}: balanced threshold "
@@ -257,7 +269,7 @@ def _timeline(r: AnalysisResult) -> str:
             svg.append(f'<text x="{w - right - 4}" y="{y(p) - 3:.1f}" text-anchor="end" '
                        f'font-size="10" fill="#555">{name} {p:.3f}</text>')
     for k, (tid, items) in enumerate(sorted(members.items())):
-        colour = _COLOURS[k % len(_COLOURS)]
+        colour = _colour(k)
         points = " ".join(f"{x(t):.1f},{y(face.fake_probability):.1f}" for _, t, _, face in items)
         if len(items) > 1:
             svg.append(f'<polyline points="{points}" fill="none" stroke="{colour}" '
@@ -268,7 +280,7 @@ def _timeline(r: AnalysisResult) -> str:
                        f'{face.fake_probability:.3f}</title></circle>')
     svg.append("</svg>")
     legend = " ".join(
-        f'<span style="color:{_COLOURS[k % len(_COLOURS)]}">&#9632; track {tid}</span>'
+        f'<span style="color:{_colour(k)}">&#9632; track {tid}</span>'
         for k, tid in enumerate(sorted(members))
     )
     return ("<h3>Timeline: each face's fake probability over time, per track</h3>"
@@ -304,9 +316,15 @@ def _tracks(r: AnalysisResult, crops: CropCollector | None) -> str:
             f"<td>{_label(tr.label_strict)}</td><td>{len(tr.frames)}</td>"
             f"<td>{tr.first_time:.2f}-{tr.last_time:.2f} s</td><td class='strip'>{strip}</td></tr>"
         )
+    rule = r.aggregation or ""
+    if "all_short" in rule:
+        how = ("every track has fewer than 3 faces, so the verdict is the most suspicious of all "
+               "tracks")
+    else:
+        how = "the verdict is the most suspicious track with at least 3 faces"
     return ("<h3>Tracks (people followed across frames)</h3>"
-            "<p>A track's score is the 20%-trimmed mean of its faces; the video's verdict is "
-            "its most suspicious track with at least 3 faces.</p>"
+            f"<p>A track's score is the 20%-trimmed mean of its faces; here {how} (rule "
+            f"<code>{_e(rule or '-')}</code>).</p>"
             '<table class="grid"><tr><th>track</th><th>most suspicious face</th><th>score</th>'
             "<th>balanced</th><th>strict</th><th>faces</th><th>time</th>"
             "<th>faces over the track (hover: frame, time, score)</th></tr>"

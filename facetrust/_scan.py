@@ -283,9 +283,9 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--report",
-                help="also write a self-contained HTML report to FILE: per file its SHA-256, "
-                "verdict, every face's crop and score, a video's timeline per track and every "
-                "frame, and the whole JSON result; its own SHA-256 goes to stderr",
+                help="also write a self-contained HTML report to FILE (a new file): per file its "
+                "SHA-256, verdict, the faces' crops and scores, a video's timeline per track and "
+                "every frame, and the whole JSON result; its own SHA-256 goes to stderr",
                 metavar="FILE",
             ),
         ] = None,
@@ -306,8 +306,10 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(exc)) from None
         if resume and output is None:
             raise _fail("--resume goes on with an --output FILE: give --output too")
-        if report is not None and (report.is_dir() or not report.parent.is_dir()):
-            raise _fail(f"--report {report}: not a file in an existing folder")
+        if report is not None:
+            problem = _report_problem(report, output)
+            if problem:
+                raise _fail(f"--report {report}: {problem}")
 
         from detector.analyze import create_analyzer
         from detector.card import ModelCardError
@@ -356,7 +358,7 @@ def _run(
     if book is not None and report is not None:
         try:
             digest = book.write(report)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise _fail(f"cannot write --report {report}: {exc.strerror or exc}") from None
         typer.echo(f"report: {report} (SHA-256 {digest})", err=True)
 
@@ -378,6 +380,25 @@ def _run(
     if stop.signum is not None:  # a signal after the last file: everything is done
         raise typer.Exit(EXIT_SIGNAL[stop.signum])
     raise typer.Exit(exit_code(rows, strict))
+
+
+def _report_problem(report: Path, output: Path | None) -> str | None:
+    """Why ``report`` cannot be written (None when it can): it must be a new file in a folder
+    where a file can be made now, so no evidence, log or device is ever replaced by it."""
+    import tempfile
+
+    if os.path.lexists(report):
+        return "already exists (a report never replaces a file: choose a new name)"
+    if output is not None and os.path.abspath(report) == os.path.abspath(output):
+        return "is the --output file"
+    if not report.parent.is_dir():
+        return "its folder does not exist"
+    try:
+        with tempfile.NamedTemporaryFile(dir=report.parent, prefix=".facetrust-probe-"):
+            pass
+    except OSError as exc:
+        return f"cannot write in its folder ({exc.strerror or exc})"
+    return None
 
 
 def _same_file_key(path: Path) -> tuple[int, int] | str:
@@ -516,13 +537,13 @@ def _analyze_all(
     rows: list[ScanRow] = []
     not_started = 0
 
-    def record(result: Any, crops: Any = None) -> None:
+    def record(result: Any, crops: Any = None, source: str | None = None) -> None:
         if stream is not None:
             stream.add(result)
             if stream.broken:
                 stop.fail("the scan stopped: stdout was closed (broken pipe)")
         if report is not None:
-            report.add(result, crops)
+            report.add(result, crops, source)
         rows.append(ScanRow.of(result))
 
     def save(result: Any) -> None:
@@ -545,7 +566,7 @@ def _analyze_all(
         overall = bar.add_task("files", total=len(files))
         for i, path in enumerate(files):
             if i in kept:  # costs nothing: reported even after a stop
-                record(kept[i])
+                record(kept[i], source=f"kept by --resume from {log.path} (same SHA-256 and model)")
                 bar.advance(overall)
                 continue
             if stop():

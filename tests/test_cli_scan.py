@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -301,6 +302,30 @@ def test_report_file(tiny_model: Path, media: dict[str, Path], tmp_path: Path) -
     text = data.decode()
     assert text.count("<section") == 3 and text.count('class="facetrust-result"') == 3
     assert text.count("<svg") == 1 and "no such file or directory" in text
-    for bad in (tmp_path, tmp_path / "no" / "case.html"):
-        refused = scan(media["face"], "--model", tiny_model, "--report", bad)
-        assert refused.returncode == 2 and "--report" in refused.stderr and refused.stdout == ""
+    evidence = tmp_path / "evidence.jpg"
+    evidence.write_bytes(media["face"].read_bytes())
+    for bad, args, why in (
+        (tmp_path, (), "already exists"),
+        (tmp_path / "no" / "case.html", (), "folder does not exist"),
+        (report, (), "already exists"),  # an earlier report is never replaced
+        (evidence, (), "already exists"),  # nor the evidence itself
+        (tmp_path / "log.jsonl", ("-o", tmp_path / "log.jsonl"), "is the --output file"),
+    ):
+        refused = scan(evidence, "--model", tiny_model, "--report", bad, *args)
+        assert refused.returncode == 2 and why in refused.stderr and refused.stdout == "", refused.stderr
+    assert evidence.read_bytes() == media["face"].read_bytes() and report.read_bytes() == data
+    assert not (tmp_path / "log.jsonl").exists()
+
+
+def test_report_with_a_file_name_that_is_not_utf8(
+    tiny_model: Path, media: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "names"
+    folder.mkdir()
+    odd = os.fsencode(folder) + b"/bad\xff.jpg"
+    with open(odd, "wb") as fh:
+        fh.write(media["face"].read_bytes())
+    report = tmp_path / "r.html"
+    proc = scan(folder, "--json", "--model", tiny_model, "--report", report)  # JSON: ASCII escapes
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    assert "bad\\udcff.jpg" in report.read_text(encoding="utf-8")

@@ -133,3 +133,21 @@ def test_collector_keeps_small_jpegs() -> None:
     c(5, np.full((2, 224, 224, 3), 128, np.uint8))
     assert len(c.crops[5]) == 2 and c.get(5, 1) is not None and c.get(5, 2) is None and c.get(6, 0) is None
     assert len(c.get(5, 0) or b"") < 3000
+
+
+def test_report_names_the_rule_used_and_kept_results(analyzer: Analyzer, astronaut: np.ndarray,
+                                                     tmp_path: Path) -> None:
+    video = face_video(tmp_path / "short.mp4", astronaut, frames=6)
+    result = analyzer.analyze_path(video, sampling=Sampling("count", 2))  # 2 faces: a short track
+    assert result.aggregation and "all_short" in result.aggregation
+    report = Report()
+    report.add(result, source="kept by --resume from old.jsonl")
+    text = report.html()
+    assert "every track has fewer than 3 faces" in text and "with at least 3 faces" not in text
+    assert "not analysed in this run" in text and "kept by --resume from old.jsonl" in text
+
+
+def test_tracks_get_distinct_colours() -> None:
+    from detector.report import _colour
+
+    assert len({_colour(k) for k in range(24)}) == 24
