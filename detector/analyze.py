@@ -275,9 +275,7 @@ class Analyzer:
         base = self._base(str(path))
         try:
             before = self._read_file_facts(path, base)
-            with open(path, "rb") as fh:
-                head = fh.read(SNIFF_BYTES)
-            base.media_type = _media_kind(head, path.read_bytes)
+            base.media_type = _file_kind(path)
             if base.media_type == "image":
                 result = self._image(path.read_bytes(), str(path), base, timer, face_crops, cancel)
             else:
@@ -352,9 +350,7 @@ class Analyzer:
         base = self._base(_as_name(name) if name is not None else str(path))
         try:
             before = self._read_file_facts(path, base)
-            with open(path, "rb") as fh:
-                head = fh.read(SNIFF_BYTES)
-            if _media_kind(head, path.read_bytes) == "image":
+            if _file_kind(path) == "image":
                 base.media_type = "image"
                 raise MediaError(Status.unsupported, "this is a still image, not a video")
             base.media_type = "video"
@@ -389,7 +385,7 @@ class Analyzer:
             if not path.is_file():
                 raise MediaError(Status.unreadable, f"not a readable file: {path}")
             before = _fingerprint(path)
-            base.size_bytes = self._check_size(path.stat().st_size)
+            base.size_bytes = self._check_size(before[2])
             base.sha256 = sha256_file(path)
             return before
         except OSError as exc:  # permission denied (the file, or a folder on the way), I/O error
@@ -765,6 +761,14 @@ def _media_kind(head: bytes, whole: Callable[[], bytes]) -> str:
             "JPEG, PNG, WebP, BMP, GIF, MP4/MOV, WebM/MKV, AVI",
         )
     return media_type_of(kind, whole() if kind in ANIMATABLE_KINDS else None)
+
+
+def _file_kind(path: Path) -> str:
+    """:func:`_media_kind` of the file at ``path`` (its first bytes; the whole file only for
+    GIFs and PNGs)."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    return _media_kind(head, path.read_bytes)
 
 
 def _media_status(exc: MediaError) -> Status:
