@@ -320,8 +320,16 @@ class Analyzer:
         except Exception as exc:  # noqa: BLE001
             return self._failed(base, exc, timer)
 
-    def analyze_image(self, data: bytes, name: str) -> AnalysisResult:
-        """Analyse an encoded still image (JPEG, PNG, ... as allowed by :func:`sniff`)."""
+    def analyze_image(
+        self,
+        data: bytes,
+        name: str,
+        *,
+        cancel: Cancel | None = None,
+        face_crops: FaceCrops | None = None,
+    ) -> AnalysisResult:
+        """Analyse an encoded still image (JPEG, PNG, ... as allowed by :func:`sniff`); see
+        :data:`FaceCrops`."""
         timer = _Timer()
         data, name = _as_bytes(data), _as_name(name)
         base = self._bytes_base(data, name)
@@ -330,7 +338,7 @@ class Analyzer:
             if _media_kind(data[:SNIFF_BYTES], lambda: data) != "image":
                 raise MediaError(Status.unsupported, "this is a video, not a still image")
             base.media_type = "image"  # from the magic bytes, even if decoding then fails
-            return self._image(data, name, base, timer)
+            return self._image(data, name, base, timer, face_crops, cancel)
         except Exception as exc:  # noqa: BLE001
             return self._failed(base, exc, timer)
 

@@ -70,6 +70,31 @@ class CropCollector:
         faces = self.crops.get(frame_index)
         return faces[face] if faces is not None and face < len(faces) and faces[face] else None
 
+    def shown(self, result: AnalysisResult) -> CropCollector:
+        """A copy holding only the thumbnails a report section of ``result`` shows (a few per
+        track, at most :data:`IMAGE_THUMBS` per photo): what is worth keeping or sending once
+        the analysis is over. Its report section is the same as with every thumbnail."""
+        keep = shown_faces(result)
+        out = CropCollector(self.size)
+        for index, thumbs in self.crops.items():
+            picked = [t if (index, j) in keep else b"" for j, t in enumerate(thumbs)]
+            if any(picked):
+                out.crops[index] = picked
+        return out
+
+
+def shown_faces(result: AnalysisResult) -> set[tuple[int | None, int]]:
+    """``(frame index, face number in the frame)`` of every face whose crop the report section
+    of ``result`` shows; a photo's faces have frame index None."""
+    out: set[tuple[int | None, int]] = {(None, i) for i in _image_shown(result)}
+    members = _track_faces(result)
+    for tr in result.tracks or []:
+        items = members.get(tr.id, [])
+        if items:
+            worst, spread = _track_shown(items)
+            out.update((items[i][0], items[i][2]) for i in (worst, *spread))
+    return out
+
 
 class Report:
     """Results gathered for one HTML report (:meth:`add`, then :meth:`html` or :meth:`write`)."""
@@ -109,12 +134,16 @@ class Report:
             body=body,
         )
 
+    def encode(self) -> bytes:
+        """The whole report as UTF-8 bytes (a file name that is not UTF-8, surrogate-escaped by
+        Python, is shown with \\udcxx escapes)."""
+        return self.html().encode("utf-8", "backslashreplace")
+
     def write(self, path: str | os.PathLike[str]) -> str:
         """Write the report to ``path`` (complete or not at all: a temporary file renamed into
         place) and return the SHA-256 of the written file."""
         path = Path(path)
-        # a file name that is not UTF-8 (surrogate-escaped by Python) is shown with \\udcxx escapes
-        data = self.html().encode("utf-8", "backslashreplace")
+        data = self.encode()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -213,13 +242,18 @@ def _face_cells(face: Face) -> str:
             f"<td>{face.detection_score:.3f}{turned}</td>")
 
 
+def _image_shown(r: AnalysisResult) -> list[int]:
+    """The photo faces a section shows, most suspicious first (at most :data:`IMAGE_THUMBS`)."""
+    faces = r.faces or []
+    return sorted(range(len(faces)), key=lambda i: -faces[i].fake_probability)[:IMAGE_THUMBS]
+
+
 def _image_faces(r: AnalysisResult, crops: CropCollector | None) -> str:
-    faces = list(enumerate(r.faces or []))
-    faces.sort(key=lambda item: -item[1].fake_probability)
+    faces = r.faces or []
     rows = []
-    for i, face in faces[:IMAGE_THUMBS]:
+    for i in _image_shown(r):
         thumb = crops.get(None, i) if crops is not None else None
-        rows.append(f"<tr><td>{i}</td><td>{_img(thumb, f'face {i}')}</td>{_face_cells(face)}</tr>")
+        rows.append(f"<tr><td>{i}</td><td>{_img(thumb, f'face {i}')}</td>{_face_cells(faces[i])}</tr>")
     more = len(faces) - IMAGE_THUMBS
     note = f"<p>{more} more face(s) in the embedded result.</p>" if more > 0 else ""
     return ("<h3>Faces (most suspicious first; the crop the model scored)</h3>"
@@ -294,6 +328,13 @@ def _spread(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
+def _track_shown(items: Sequence[tuple[int, float, int, Face]]) -> tuple[int, list[int]]:
+    """Of a track's faces (:func:`_track_faces`): its most suspicious one, and the ones spread
+    over it that a section shows."""
+    worst = max(range(len(items)), key=lambda i: items[i][3].fake_probability)
+    return worst, _spread(len(items), TRACK_THUMBS)
+
+
 def _tracks(r: AnalysisResult, crops: CropCollector | None) -> str:
     members = _track_faces(r)
     rows = []
@@ -301,14 +342,14 @@ def _tracks(r: AnalysisResult, crops: CropCollector | None) -> str:
         items = members.get(tr.id, [])
         if not items:
             continue
-        worst = max(range(len(items)), key=lambda i: items[i][3].fake_probability)
+        worst, spread = _track_shown(items)
 
         def thumb(i: int, items: list[tuple[int, float, int, Face]] = items) -> str:
             index, t, j, face = items[i]
             jpeg = crops.get(index, j) if crops is not None else None
             return _img(jpeg, f"frame {index}, {t:.2f} s: p(fake) {face.fake_probability:.3f}")
 
-        strip = "".join(thumb(i) for i in _spread(len(items), TRACK_THUMBS))
+        strip = "".join(thumb(i) for i in spread)
         rows.append(
             f"<tr><td>{tr.id}</td><td>{thumb(worst)}<br><small>frame {items[worst][0]}, "
             f"{items[worst][1]:.2f} s, {items[worst][3].fake_probability:.3f}</small></td>"

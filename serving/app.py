@@ -63,7 +63,7 @@ _ERROR_TEXTS: dict[int, str] = {
     403: "invalid API key",
     404: "no such job (unknown, deleted, expired or another key's)",
     408: "upload too slow",
-    409: "analysis cancelled (the server stopping its workers)",
+    409: "analysis cancelled (the server stopping its workers); a report asked for too early",
     413: "upload over max_upload_bytes",
     415: "not an allowed image/video format (by content)",
     422: "bad request, or media unreadable / over a pixel, duration or frame cap",
@@ -85,9 +85,11 @@ _JOB_ERRORS = _errors(401, 403, 404, 500)
 
 @dataclass(frozen=True)
 class SamplingQuery:
-    """Video frame sampling from the query string (at most one of the three)."""
+    """Video frame sampling from the query string (at most one of the three), and for
+    ``POST /v1/jobs`` whether to make an HTML report."""
 
     sampling: Sampling | None
+    report: bool = False
 
 
 #: Seconds between checks that the client of a synchronous analysis is still connected.
@@ -99,26 +101,53 @@ CLOSE_AFTER = frozenset({400, 408, 413})
 
 #: The query parameters of the analysis routes.
 QUERY_PARAMS = ("frames", "fps", "all_frames")
+#: ``POST /v1/jobs`` also takes ``report``.
+JOB_QUERY_PARAMS = (*QUERY_PARAMS, "report")
+
+
+FramesQuery = Annotated[
+    int | None, Query(ge=1, le=100_000, description="sample this many frames evenly (default 32)")
+]
+FpsQuery = Annotated[
+    float | None, Query(gt=0, le=240, allow_inf_nan=False, description="sample this many frames per second")
+]
+AllFramesQuery = Annotated[bool, Query(description="analyse every frame")]
 
 
 def sampling_query(
     request: Request,
-    frames: Annotated[
-        int | None, Query(ge=1, le=100_000, description="sample this many frames evenly (default 32)")
-    ] = None,
-    fps: Annotated[
-        float | None,
-        Query(gt=0, le=240, allow_inf_nan=False, description="sample this many frames per second"),
-    ] = None,
-    all_frames: Annotated[bool, Query(description="analyse every frame")] = False,
+    frames: FramesQuery = None,
+    fps: FpsQuery = None,
+    all_frames: AllFramesQuery = False,
 ) -> SamplingQuery:
     """Parse ``frames`` / ``fps`` / ``all_frames`` (ignored for images). An unknown or repeated
     parameter is refused (422): a misspelt ``FRAMES=4`` must not quietly become the default."""
-    unknown = sorted({k for k in request.query_params if k not in QUERY_PARAMS})
+    return _sampling(request, QUERY_PARAMS, frames, fps, all_frames)
+
+
+def job_query(
+    request: Request,
+    frames: FramesQuery = None,
+    fps: FpsQuery = None,
+    all_frames: AllFramesQuery = False,
+    report: Annotated[
+        bool,
+        Query(description="also make a self-contained HTML report (GET /v1/jobs/{job_id}/report "
+                          "once the job has finished): verdict, timeline, face thumbnails, the result"),
+    ] = False,
+) -> SamplingQuery:
+    """:func:`sampling_query` plus ``report``."""
+    return SamplingQuery(_sampling(request, JOB_QUERY_PARAMS, frames, fps, all_frames).sampling, report)
+
+
+def _sampling(
+    request: Request, allowed: tuple[str, ...], frames: int | None, fps: float | None, all_frames: bool
+) -> SamplingQuery:
+    unknown = sorted({k for k in request.query_params if k not in allowed})
     if unknown:
         raise ApiError(422, "bad_request", f"unknown query parameter(s): {', '.join(unknown)} "
-                       f"(allowed: {', '.join(QUERY_PARAMS)})")
-    repeated = [k for k in QUERY_PARAMS if len(request.query_params.getlist(k)) > 1]
+                       f"(allowed: {', '.join(allowed)})")
+    repeated = [k for k in allowed if len(request.query_params.getlist(k)) > 1]
     if repeated:
         raise ApiError(422, "bad_request", f"query parameter(s) given more than once: {', '.join(repeated)}")
     chosen = [
@@ -138,6 +167,7 @@ def sampling_query(
 
 
 SamplingParams = Annotated[SamplingQuery, Depends(sampling_query)]
+JobParams = Annotated[SamplingQuery, Depends(job_query)]
 
 
 def _server(request: Request) -> Server:
@@ -355,8 +385,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         openapi_extra=_MULTIPART_BODY,
         tags=["jobs"],
     )
-    async def submit_job(request: Request, key_id: KeyId, query: SamplingParams) -> JSONResponse:
-        """Queue an image or video for analysis; poll ``GET /v1/jobs/{job_id}``."""
+    async def submit_job(request: Request, key_id: KeyId, query: JobParams) -> JSONResponse:
+        """Queue an image or video for analysis; poll ``GET /v1/jobs/{job_id}``. With
+        ``report=true``, its HTML report is at ``GET /v1/jobs/{job_id}/report`` once finished."""
         ctx = _ctx(request)
         server.require_ready()
         server.admit()
@@ -365,7 +396,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             upload = await _receive(request, ctx)
             try:
                 fmt = server.classify_upload(upload, ctx)
-                job = server.jobs.submit(upload, fmt, query.sampling, key_id)
+                job = server.jobs.submit(upload, fmt, query.sampling, key_id, report=query.report)
             except BaseException:
                 upload.discard()
                 raise
@@ -385,6 +416,38 @@ def create_app(settings: ServeSettings) -> FastAPI:
         view = server.jobs.view(job)
         ctx.result_status = view.result.status if view.result is not None else None
         return _envelope_json(view, ctx)
+
+    @app.get(
+        "/v1/jobs/{job_id}/report",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/html": {}}, "description": "the report (an HTML file to keep)"},
+            **_errors(401, 403, 404, 409, 500),
+        },
+        tags=["jobs"],
+    )
+    async def get_job_report(request: Request, job_id: str, key_id: KeyId) -> Response:
+        """The finished job's self-contained HTML report (no scripts, no external resources):
+        SHA-256, verdicts and rule, per-track timeline, face thumbnails, the result as JSON.
+        ``X-Report-SHA256`` is the report's own SHA-256. 404 ``no_report``: submitted without
+        ``report=true`` (or no result); 409 ``not_finished``: still queued or running."""
+        ctx = _ctx(request)
+        ctx.job_id = job_id
+        job = server.jobs.report(job_id, key_id)
+        ctx.sha256 = job.sha256
+        assert job.report_html is not None and job.report_sha256 is not None
+        name = f"facetrust-report-{(job.sha256 or job.id)[:16]}.html"
+        return Response(
+            job.report_html,
+            media_type="text/html; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="{name}"',
+                "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+                "X-Report-SHA256": job.report_sha256,
+                "Cache-Control": "no-store",
+            },
+        )
 
     @app.delete("/v1/jobs/{job_id}", response_model=JobResponse, responses=_JOB_ERRORS, tags=["jobs"])
     async def delete_job(request: Request, job_id: str, key_id: KeyId) -> JSONResponse:

@@ -3,7 +3,9 @@
 A job holds one admission slot and its uploaded bytes until its analysis ends; then the
 bytes are deleted and only the result is kept. A job (and its result) is deleted
 ``job_ttl`` seconds after it was submitted, whatever its state: one still queued or
-running then is cancelled. ``DELETE`` cancels and deletes at once. Jobs are visible only
+running then is cancelled. ``DELETE`` cancels and deletes at once. A job submitted with
+``report`` also keeps, once finished, its HTML report (:mod:`detector.report`: the result and
+a few face thumbnails per person), deleted with it. Jobs are visible only
 to the API key that created them. Running jobs never take the last worker while there
 is more than one, so synchronous requests keep a worker of their own.
 """
@@ -11,6 +13,7 @@ is more than one, so synchronous requests keep a worker of their own.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import threading
@@ -25,7 +28,7 @@ from serving.upload import Upload, media_kind
 from serving.worker import EITHER
 
 if TYPE_CHECKING:
-    from serving.service import Sampling, Server
+    from serving.service import Analysis, Sampling, Server
 
 
 log = logging.getLogger("facetrust.serving")
@@ -51,6 +54,10 @@ class Job:
     error: ErrorDetail | None = None
     sha256: str | None = None
     settled: bool = False
+    report: bool = False
+    report_html: bytes | None = None
+    report_sha256: str | None = None
+    report_error: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task[None] | None = None
 
@@ -89,8 +96,11 @@ class JobStore:
         return out
 
     # -- API -------------------------------------------------------------------------
-    def submit(self, upload: Upload, fmt: str, sampling: Sampling | None, key_id: str) -> Job:
-        """Queue a job for an admitted upload (the job now owns the upload and the slot)."""
+    def submit(
+        self, upload: Upload, fmt: str, sampling: Sampling | None, key_id: str, *, report: bool = False
+    ) -> Job:
+        """Queue a job for an admitted upload (the job now owns the upload and the slot); with
+        ``report``, an HTML report is made when it finishes."""
         settings = self.server.settings
         if len(self._jobs) >= settings.max_jobs:
             raise ApiError(
@@ -110,6 +120,7 @@ class JobStore:
             expires_at=now + settings.job_ttl,
             sha256=upload.sha256,
             media_type=media_kind(fmt) if media_kind(fmt) != EITHER else None,
+            report=report,
         )
         self._jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job))
@@ -145,12 +156,27 @@ class JobStore:
             expires=job.expires_at,
             error=job.error,
             result=job.result,
+            report=f"/v1/jobs/{job.id}/report" if job.report_html is not None else None,
         )
+
+    def report(self, job_id: str, key_id: str) -> Job:
+        """The caller's finished job that has an HTML report; 404 (no such job, or submitted
+        without ``report=true``), 409 (still queued or running), 500 (making it failed)."""
+        job = self.get(job_id, key_id)
+        if not job.report:
+            raise ApiError(404, "no_report", "this job was submitted without report=true: it has no report")
+        if job.state in ("queued", "running"):
+            raise ApiError(409, "not_finished", f"the job is {job.state}: its report is made once it ends")
+        if job.report_error is not None:
+            raise ApiError(500, "internal", f"the report could not be made: {job.report_error}")
+        if job.report_html is None:
+            raise ApiError(404, "no_report", f"a {job.state} job has no result, so no report")
+        return job
 
     # -- internals -----------------------------------------------------------------------
     async def _drop(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
-        job.result = None
+        job.result = job.report_html = None
         task = job.task
         if task is not None and not task.done():
             task.cancel()
@@ -198,7 +224,10 @@ class JobStore:
                     queue_timeout=None,
                     progress=job.progress,
                     cancel=job.cancel,
+                    report=job.report,
                 )
+            if job.report and result_status(analysis.result) != "cancelled":
+                await self._make_report(job, analysis)
             job.result = analysis.result
             job.media_type = (
                 str(getattr(analysis.result.media_type, "value", analysis.result.media_type))
@@ -223,3 +252,24 @@ class JobStore:
         finally:
             job.finished = time.time()
             self._settle(job)
+
+    async def _make_report(self, job: Job, analysis: Analysis) -> None:
+        """Render the job's HTML report (in a thread: a long video's takes a moment); a failure
+        is kept as ``report_error`` and logged, and never costs the job its result."""
+
+        def render() -> bytes:
+            from detector.report import CropCollector, Report
+
+            crops = CropCollector()
+            crops.crops = dict(analysis.crops or {})
+            report = Report()
+            report.add(analysis.result, crops)
+            return report.encode()
+
+        try:
+            html = await asyncio.to_thread(render)
+        except Exception as exc:  # noqa: BLE001 - a report bug must not fail the analysis
+            log.exception("job %s: report failed", job.id)
+            job.report_error = f"{type(exc).__name__}: {exc}"
+            return
+        job.report_html, job.report_sha256 = html, hashlib.sha256(html).hexdigest()

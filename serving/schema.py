@@ -63,6 +63,10 @@ class JobResponse(Envelope):
     expires: float = Field(description="Unix time the job and its result are deleted")
     error: ErrorDetail | None = None
     result: AnalysisResult | None = None
+    report: str | None = Field(
+        default=None,
+        description="where to GET the HTML report: set once the job finished, if submitted with report=true",
+    )
 
 
 class HealthResponse(BaseModel):

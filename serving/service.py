@@ -35,11 +35,13 @@ Sampling = tuple[str, float]
 
 @dataclass
 class Analysis:
-    """A finished analysis: the result, its HTTP status, and the error code when not 200."""
+    """A finished analysis: the result, its HTTP status, the error code when not 200, and
+    (when a report was asked for) the face thumbnails its report shows."""
 
     result: AnalysisResult
     http_status: int
     code: str | None = None
+    crops: dict[int | None, list[bytes]] | None = None
 
 
 class Server:
@@ -169,8 +171,10 @@ class Server:
         ctx: RequestContext | None = None,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        report: bool = False,
     ) -> Analysis:
-        """Run one upload in a worker; every way it can end becomes an :class:`Analysis`.
+        """Run one upload in a worker; every way it can end becomes an :class:`Analysis`
+        (with ``report``, one that carries the face thumbnails of the result's HTML report).
 
         Raises 503 ``busy`` when no worker frees up within ``queue_timeout`` seconds.
         """
@@ -195,6 +199,7 @@ class Server:
             sampling=sampling,
             timeout=timeout,
             max_frames=max_frames,
+            report=report,
         )
         outcome = await self.pool.run(worker, task, progress=progress, cancel=cancel)
         timings["analysis"] = outcome.seconds
@@ -258,7 +263,7 @@ class Server:
             return Analysis(result, 422, "over_sync_limit")
         status = result_status(result)
         code = RESULT_CODE.get(status)
-        return Analysis(result, RESULT_HTTP_STATUS.get(status, 500), code)
+        return Analysis(result, RESULT_HTTP_STATUS.get(status, 500), code, payload.get("crops"))
 
     def _observe(self, result: AnalysisResult, outcome: Outcome) -> None:
         media = str(getattr(result.media_type, "value", result.media_type) or "unknown")

@@ -47,7 +47,8 @@ class Task:
     """One file to analyse.
 
     ``kind``: ``image``, ``video`` or ``gif`` (animated GIFs are videos: decided here);
-    ``max_frames``: the sync limit on sampled video frames (None: no limit).
+    ``max_frames``: the sync limit on sampled video frames (None: no limit); ``report``: also
+    send back the face thumbnails an HTML report of the result shows.
     """
 
     path: str
@@ -56,6 +57,7 @@ class Task:
     sampling: tuple[str, float] | None
     timeout: float
     max_frames: int | None = None
+    report: bool = False
 
 
 def _apply_limits(memory_mb: int) -> None:
@@ -134,6 +136,7 @@ def _fault(name: str, memory_mb: int) -> None:
 
 def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str, Any]:
     """Analyse one task; forwards progress and honours cancel/time/frame limits."""
+    from detector.report import CropCollector
     from detector.schema import AnalysisResult, Status
     from detector.video import Sampling
 
@@ -155,6 +158,7 @@ def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str
             flags["timed_out"] = True
         return bool(flags["cancelled"] or flags["over_limit"] or flags["timed_out"])
 
+    crops = CropCollector() if task.report else None
     try:
         if config.test_faults:
             _fault(task.name, config.memory_mb)
@@ -168,12 +172,13 @@ def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str
 
             kind = media_type_of(sniff(data) or "gif", data)
         if kind == "image":
-            result = analyzer.analyze_image(data, task.name)
+            result = analyzer.analyze_image(data, task.name, cancel=cancel, face_crops=crops)
             progress(1, 1)
         else:
             sampling = Sampling(*task.sampling) if task.sampling else Sampling()
             result = analyzer.analyze_video(
-                task.path, sampling=sampling, progress=progress, cancel=cancel, name=task.name
+                task.path, sampling=sampling, progress=progress, cancel=cancel, name=task.name,
+                face_crops=crops,
             )
     except MemoryError:
         result = AnalysisResult(
@@ -194,6 +199,8 @@ def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str
         "result": result.model_dump(mode="json"),
         "over_limit": flags["over_limit"],
         "seconds": time.perf_counter() - t0,
+        # only the thumbnails the report shows: a few per track, not one per analysed face
+        "crops": crops.shown(result).crops if crops is not None else None,
     }
 
 

@@ -457,6 +457,10 @@ def test_still_images_obey_cancel_time_and_size_limits(tiny_model: Path, detecto
     data = jpeg_bytes(astronaut)
     a = create_analyzer(tiny_model, face_detector=detector_)
     assert a.analyze_bytes(data, "a.jpg", cancel=lambda: True).status == "cancelled"
+    assert a.analyze_image(data, "a.jpg", cancel=lambda: True).status == "cancelled"
+    seen: list[tuple[int | None, int]] = []
+    r = a.analyze_image(data, "a.jpg", face_crops=lambda i, c: seen.append((i, len(c))))
+    assert r.status == "ok" and seen == [(None, len(r.faces or []))]
     quick = create_analyzer(tiny_model, face_detector=detector_, limits=Limits(time_limit=1e-9))
     r = quick.analyze_bytes(data, "a.jpg")
     assert r.status == "timeout" and r.fake_probability is None

@@ -15,7 +15,7 @@ import pytest
 
 from detector.analyze import Analyzer, create_analyzer
 from detector.crops import crop_face
-from detector.report import TRACK_THUMBS, CropCollector, Report
+from detector.report import IMAGE_THUMBS, TRACK_THUMBS, CropCollector, Report, shown_faces
 from detector.schema import AnalysisResult
 from detector.video import Sampling
 from tests.detector.scan_media import face_video, jpeg_bytes, no_face_image, png_bytes
@@ -114,6 +114,35 @@ def test_video_report_has_a_timeline_and_each_tracks_faces(
     assert len(p.images) == 2 * (1 + min(TRACK_THUMBS, 12))
     assert all(jpeg_of(src).shape == (96, 96, 3) for src in p.images)
     assert p.tags["details"] == 1 and AnalysisResult.model_validate(p.results[0]) == result
+    # Keeping only the shown thumbnails (what a serving worker sends back) changes nothing shown.
+    shown = crops.shown(result)
+    assert all(len(thumbs) == len(crops.crops[i]) for i, thumbs in shown.crops.items())  # positions kept
+    kept = sum(1 for thumbs in shown.crops.values() for t in thumbs if t)
+    assert kept == len(shown_faces(result)) == len(set(p.images)) < sum(len(f.faces) for f in result.frames)
+    same = Report()
+    same.created = report.created
+    same.add(result, shown)
+    assert same.html() == report.html()
+
+
+def test_shown_thumbnails_of_a_crowded_photo() -> None:
+    """A photo shows its IMAGE_THUMBS most suspicious faces; only those are kept."""
+    from detector.schema import Face
+
+    n = IMAGE_THUMBS + 6
+    faces = [Face(box=(0, 0, 50, 50), landmarks=[(10, 10)] * 5, detection_score=0.99,
+                  fake_probability=(i * 37 % n) / n, label="real", label_strict="real") for i in range(n)]
+    result = AnalysisResult(path="crowd.jpg", status="ok", media_type="image", faces=faces)
+    crops = CropCollector()
+    crops(None, np.full((n, 64, 64, 3), 100, np.uint8))
+    shown = crops.shown(result)
+    top = sorted(range(n), key=lambda i: -faces[i].fake_probability)[:IMAGE_THUMBS]
+    assert {i for i, t in enumerate(shown.crops[None]) if t} == set(top)
+    full, pruned = Report(), Report()
+    pruned.created = full.created
+    full.add(result, crops)
+    pruned.add(result, shown)
+    assert full.html() == pruned.html() and "6 more face(s)" in full.html()
 
 
 def test_report_escapes_what_it_shows(tmp_path: Path) -> None:
