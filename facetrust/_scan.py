@@ -34,6 +34,9 @@ EXIT_OK, EXIT_FAKE, EXIT_ERROR = 0, 1, 2
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 #: Terminal width from which the SHA-256 column fits in the table unfolded (else: below it).
 SHA_TABLE_WIDTH = 150
+#: Terminals narrower than this get the table without vertical rules (every column still fits
+#: down to about 42 columns).
+NARROW_TABLE_WIDTH = 60
 _NOT_ERRORS = {"ok", "no_face"}
 
 
@@ -113,7 +116,7 @@ def _print_table(results: list[Any], strict: bool) -> None:
     # A terminal too narrow for the 64-digit hashes in the table gets them below it, one per
     # line in `sha256sum` format (whole, so they copy and `sha256sum -c` checks them).
     wide = console.width >= SHA_TABLE_WIDTH
-    console.print(results_table(results, strict, sha_column=wide))
+    console.print(results_table(results, strict, sha_column=wide, narrow=console.width < NARROW_TABLE_WIDTH))
     if not wide and any(r.sha256 for r in results):
         console.print("SHA-256:", markup=False, highlight=False)
         for line in sha256_lines(results):
@@ -164,17 +167,25 @@ class ScanRow:
                    r.error, tuple(r.warnings), tuple(r.tracks or ()), r.model)
 
 
-def results_table(results: Sequence[Any], strict: bool = False, sha_column: bool = True) -> Any:
+def results_table(
+    results: Sequence[Any], strict: bool = False, sha_column: bool = True, narrow: bool = False
+) -> Any:
     """The scan table (a ``rich.table.Table``) of results (or their :class:`ScanRow`): one row
     per file, one per video track; without ``sha_column`` the hashes are left to
-    :func:`sha256_lines`."""
+    :func:`sha256_lines`; ``narrow``: no vertical rules and a thinner file column, so every
+    column fits a terminal of about 42 columns."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
     # File names are printed as given (Text, never console markup). On a narrow terminal the
     # SHA-256 folds onto several lines before the verdict columns shrink.
-    table = Table(show_lines=False)
-    table.add_column("file", overflow="fold", min_width=12, ratio=1)
+    if narrow:
+        table = Table(show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                      collapse_padding=True)
+    else:
+        table = Table(show_lines=False)
+    table.add_column("file", overflow="fold", min_width=8 if narrow else 12, ratio=1)
     table.add_column("status", no_wrap=True, min_width=6)
     table.add_column("verdict", no_wrap=True, min_width=7)
     table.add_column("p(fake)", justify="right", no_wrap=True, min_width=7)

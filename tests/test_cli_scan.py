@@ -258,6 +258,16 @@ def test_table_keeps_verdict_columns_on_a_narrow_terminal(tiny_model: Path, medi
     narrow = console.file.getvalue()
     assert "SHA-256" not in narrow and out[0]["sha256"][:16] not in narrow and "no_face" in narrow
     assert sha256_lines(results) == [f"{r['sha256']}  {r['path']}" for r in out]
+    # a very narrow terminal (what `scan` prints below 60 columns): every column, every value
+    for width in (50, 42):
+        console = Console(width=width, file=io.StringIO(), color_system=None)
+        console.print(results_table(results, sha_column=False, narrow=True))
+        text = console.file.getvalue()
+        assert max(len(line) for line in text.splitlines()) <= width, text
+        for column in ("status", "verdict", "p(fake)", "faces", "no_face"):
+            assert column in text, text
+        row = next(line for line in text.splitlines() if f"{out[0]['fake_probability']:.3f}" in line)
+        assert row.split()[-1] == str(len(out[0]["faces"])), text  # the faces count is not cut off
 
 
 def test_narrow_terminal_prints_whole_hashes_below_the_table(tiny_model: Path, media: dict) -> None:
