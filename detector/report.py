@@ -26,6 +26,7 @@ import html
 import json
 import os
 import tempfile
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -160,7 +161,13 @@ class Report:
 
 # -- rendering ---------------------------------------------------------------------------------
 def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    """``value`` as HTML text. Invisible format characters (Unicode category Cf: a right-to-left
+    override U+202E makes a name ending "gpj.exe" read as ending "exe.jpg"; zero-width
+    characters) are shown as ``\\uXXXX`` escapes, so a name reads as what it is."""
+    text = str(value)
+    if not text.isascii():
+        text = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cf" else c for c in text)
+    return html.escape(text, quote=True)
 
 
 def _p(value: float | None) -> str:

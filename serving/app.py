@@ -63,7 +63,7 @@ _ERROR_TEXTS: dict[int, str] = {
     403: "invalid API key",
     404: "no such job (unknown, deleted, expired or another key's)",
     408: "upload too slow",
-    409: "analysis cancelled (the server stopping its workers); a report asked for too early",
+    409: "analysis cancelled (the server stopping its workers mid-analysis)",
     413: "upload over max_upload_bytes",
     415: "not an allowed image/video format (by content)",
     422: "bad request, or media unreadable / over a pixel, duration or frame cap",
@@ -73,9 +73,10 @@ _ERROR_TEXTS: dict[int, str] = {
 }
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for these error statuses (the shared ``ErrorResponse`` body)."""
-    return {c: {"model": ErrorResponse, "description": _ERROR_TEXTS[c]} for c in codes}
+def _errors(*codes: int, **texts: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (the shared ``ErrorResponse`` body);
+    ``texts`` (``e409="..."``) replace the usual description of a status on one route."""
+    return {c: {"model": ErrorResponse, "description": texts.get(f"e{c}", _ERROR_TEXTS[c])} for c in codes}
 
 
 #: Errors of the upload routes (POST /v1/analyze, /v1/jobs) and of the job routes.
@@ -421,8 +422,26 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "/v1/jobs/{job_id}/report",
         response_class=Response,
         responses={
-            200: {"content": {"text/html": {}}, "description": "the report (an HTML file to keep)"},
-            **_errors(401, 403, 404, 409, 500),
+            200: {
+                "content": {"text/html": {}},
+                "description": "the report (an HTML file to keep)",
+                "headers": {
+                    "X-Report-SHA256": {
+                        "description": "SHA-256 of the report's bytes", "schema": {"type": "string"}
+                    },
+                    "Content-Disposition": {
+                        "description": 'attachment; filename="facetrust-report-<16 hex>.html"',
+                        "schema": {"type": "string"},
+                    },
+                },
+            },
+            **_errors(
+                401, 403, 404, 409, 500,
+                e404="no such job (unknown, deleted, expired or another key's), or `no_report`: "
+                "submitted without report=true",
+                e409="`not_finished`: the job is still queued or running",
+                e500="internal error, or the report could not be made",
+            ),
         },
         tags=["jobs"],
     )
@@ -433,8 +452,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         ``report=true`` (or no result); 409 ``not_finished``: still queued or running."""
         ctx = _ctx(request)
         ctx.job_id = job_id
-        job = server.jobs.report(job_id, key_id)
-        ctx.sha256 = job.sha256
+        job = server.jobs.get(job_id, key_id)
+        ctx.sha256 = job.sha256  # also on a refusal below
+        server.jobs.check_report(job)
         assert job.report_html is not None and job.report_sha256 is not None
         name = f"facetrust-report-{(job.sha256 or job.id)[:16]}.html"
         return Response(

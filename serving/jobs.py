@@ -159,10 +159,10 @@ class JobStore:
             report=f"/v1/jobs/{job.id}/report" if job.report_html is not None else None,
         )
 
-    def report(self, job_id: str, key_id: str) -> Job:
-        """The caller's finished job that has an HTML report; 404 (no such job, or submitted
-        without ``report=true``), 409 (still queued or running), 500 (making it failed)."""
-        job = self.get(job_id, key_id)
+    def check_report(self, job: Job) -> None:
+        """Raise unless ``job`` has its HTML report: 404 ``no_report`` (submitted without
+        ``report=true``, or no result), 409 ``not_finished`` (still queued or running), 500
+        (making it failed)."""
         if not job.report:
             raise ApiError(404, "no_report", "this job was submitted without report=true: it has no report")
         if job.state in ("queued", "running"):
@@ -171,7 +171,6 @@ class JobStore:
             raise ApiError(500, "internal", f"the report could not be made: {job.report_error}")
         if job.report_html is None:
             raise ApiError(404, "no_report", f"a {job.state} job has no result, so no report")
-        return job
 
     # -- internals -----------------------------------------------------------------------
     async def _drop(self, job: Job) -> None:

@@ -155,6 +155,11 @@ def test_report_escapes_what_it_shows(tmp_path: Path) -> None:
     assert p.results == [AnalysisResult(path=hostile, status="unreadable",
                                         error="<bad> & </script>").model_dump(mode="json")]
     assert re.search(r"&lt;/script&gt;&lt;b onload=&quot;x&quot;&gt;&amp;\.jpg", text)
+    # a right-to-left override must not make "evil<RLO>gpj.exe" read "evilexe.jpg"
+    spoof = Report()
+    spoof.add(AnalysisResult(path="evil\u202egpj.exe", status="unreadable"))
+    shown = spoof.html().split('<script type="application/json"')[0]
+    assert "\u202e" not in shown and "evil\\u202egpj.exe" in shown
 
 
 def test_collector_keeps_small_jpegs() -> None:

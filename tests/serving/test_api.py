@@ -38,6 +38,11 @@ def test_probes_and_docs(live: LiveServer) -> None:
         for method in ("get", "delete"):
             declared = set(job[method]["responses"])
             assert {"404", "401", "403"} <= declared and "413" not in declared
+        report = spec["paths"]["/v1/jobs/{job_id}/report"]["get"]["responses"]
+        assert "no_report" in report["404"]["description"] and "not_finished" in report["409"]["description"]
+        assert "X-Report-SHA256" in report["200"]["headers"] and "text/html" in report["200"]["content"]
+        assert "report" not in spec["paths"]["/v1/analyze"]["post"]["responses"]["409"]["description"]
+        assert "report" in {p["name"] for p in spec["paths"]["/v1/jobs"]["post"]["parameters"]}
         upload = set(spec["paths"]["/v1/analyze"]["post"]["responses"])
         assert {"400", "408", "413", "415", "422", "503"} <= upload
         assert c.get("/docs").status_code == 200

@@ -107,6 +107,7 @@ def test_report_refusals(live: LiveServer, small_face_jpeg: bytes, tmp_path: Pat
         job_id = r.json()["job_id"]
         early = c.get(f"/v1/jobs/{job_id}/report")
         assert early.status_code == 409 and early.json()["error"]["code"] == "not_finished", early.text
+        assert early.json()["sha256"] == early.headers["X-Content-SHA256"] == r.json()["sha256"]
         assert c.delete(f"/v1/jobs/{job_id}").status_code == 200
         assert c.get(f"/v1/jobs/{job_id}/report").status_code == 404
         # Another key's job, or an unknown one: 404, as for the job itself.
