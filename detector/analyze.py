@@ -96,6 +96,36 @@ class Limits:
         )
 
 
+#: A face whose model crop (``crop_margin`` x its box side) had to be enlarged more than this to
+#: the model's input size carries less real detail than the model's input: the result gets a
+#: :func:`detail_warning` when such faces decide the verdict. For the shipped model (160 px,
+#: margin 1.3) that is a box side under 82 px; its card measures what small faces do to the
+#: scores of real faces ("Face size").
+LOW_DETAIL_UPSCALE = 1.5
+
+
+def detail_warning(sides: Sequence[float], card: ModelCard) -> str | None:
+    """The warning for a verdict decided by faces of box sides ``sides`` (pixels; their median
+    counts), or None when they are large enough (see :data:`LOW_DETAIL_UPSCALE`)."""
+    if not len(sides):
+        return None
+    side = float(np.median(np.asarray(sides, dtype=np.float64)))
+    upscale = card.input_size / (card.crop_margin * max(side, 1e-6))
+    if upscale <= LOW_DETAIL_UPSCALE:
+        return None
+    smallest = card.input_size / (card.crop_margin * LOW_DETAIL_UPSCALE)
+    return (
+        f"the verdict rests on small faces (box side {math.floor(side)} px, under "
+        f"{math.ceil(smallest)} px: the "
+        f"model's {card.input_size} px crop was enlarged {upscale:.1f}x): small real faces score "
+        "higher than large ones, so a fake verdict here is weak evidence (model card, 'Face size')"
+    )
+
+
+def _side(face: Face) -> float:
+    return max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+
+
 class _Timer:
     """Accumulates seconds per stage."""
 
@@ -504,6 +534,8 @@ class Analyzer:
             result.status, result.error = Status.no_face.value, "no face found in the image"
         else:
             self._verdict(result, verdict.probability, verdict.rule)
+            warning = detail_warning([_side(result.faces[verdict.decided_by])], self.card)
+            result.warnings += [warning] if warning else []
         result.timings = timer.done()
         return result
 
@@ -585,6 +617,9 @@ class Analyzer:
             result.status, result.error = Status.no_face.value, "no face found in any sampled frame"
         else:
             self._verdict(result, verdict.probability, verdict.rule)
+            sides = [_side(f) for fr in frames for f in fr.faces if f.track_id == verdict.decided_by]
+            warning = detail_warning(sides, self.card)
+            result.warnings += [warning] if warning else []
         result.timings = timer.done()
         return result
 

@@ -245,15 +245,19 @@ def degrade(
                                                       "every fake is kept")] = None,
     out: Annotated[Path | None, typer.Option(help="report folder (degrade.json)")] = None,
     multi_crop: _MultiCropFlag = False,
+    face_size: Annotated[list[int] | None, typer.Option(
+        help="also score faces shrunk to this box side in px, found again by the detector "
+             "(repeat for several, e.g. --face-size 60 --face-size 80)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Scores per label on JPEG-recompressed, lower-resolution and blurred copies (quality shortcut)."""
+    """Scores per label on JPEG-recompressed, lower-resolution and blurred copies (quality shortcut),
+    and with --face-size on faces shrunk to a given size."""
     _check_report_args(verbose, split, frames)
     try:
         from training.robustness import quality_shift
 
         report = quality_shift(model, card, root, split=split, frames=frames, max_real=max_real, out=out,
-                               multi_crop=multi_crop)
+                               multi_crop=multi_crop, face_sizes=tuple(face_size or ()))
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(report, indent=2))

@@ -19,6 +19,13 @@ resolution and back, or blurred, as a re-uploaded or re-recorded file would be. 
 the report gives each label's mean fake probability, the share above the balanced and strict
 thresholds and the face-level AUC. If real faces' probability climbs with the damage, the
 model has learned "low quality means fake" (a shortcut), whatever its AUC.
+
+``facetrust degrade --face-size S`` (repeatable) adds the face-size check: each face whose box
+side is at least 1.15 S is also scored from a copy of the whole picture shrunk (area
+resampling) until its box side is S px, with the face found again by the detector on that copy
+(as a smaller upload would be analysed) and cropped there. Per size the report gives each
+label's faces scored, faces the detector no longer found, mean probability and the shares
+above the thresholds.
 """
 
 from __future__ import annotations
@@ -204,19 +211,24 @@ def quality_shift(
     frames: int = 4,
     max_real: int | None = None,
     multi_crop: bool = False,
+    face_sizes: Sequence[int] = (),
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Scores of ONNX ``model`` on ``split`` under each of :data:`DEGRADATIONS` (see module doc).
 
     ``max_real``: at most this many real items (seeded); every fake item is kept.
-    ``multi_crop``: score each face as the mean of its 4 views. Writes ``degrade.json`` to
-    ``out`` if given. Files that cannot be decoded are listed under ``unreadable``.
+    ``multi_crop``: score each face as the mean of its 4 views. ``face_sizes``: box sides (px)
+    for the face-size check (module doc). Writes ``degrade.json`` to ``out`` if given. Files
+    that cannot be decoded are listed under ``unreadable``.
     """
     from detector.analyze import create_analyzer
 
     if max_real is not None and max_real < 1:
         raise ValueError("--max-real must be >= 1")
+    if any(int(s) < 12 for s in face_sizes):
+        raise ValueError("--face-size must be >= 12 px (MTCNN's smallest face)")
+    sizes = sorted({int(s) for s in face_sizes})
     dcard, items = _split_items(card, root, split)
     reals = [k for k, it in enumerate(items) if it.label == 0]
     if max_real is not None and len(reals) > max_real:
@@ -228,6 +240,8 @@ def quality_shift(
     names = ["original", *DEGRADATIONS]
     probs: dict[str, list[float]] = {n: [] for n in names}
     labels: list[int] = []
+    # per size: (label, probability or None when the detector lost the face)
+    shrunk: dict[int, list[tuple[int, float | None]]] = {s: [] for s in sizes}
     for n, it in enumerate(items):
         for image in _images(it.path, it.media, frames, unreadable):
             faces = analyzer.face_detector.detect(image)
@@ -239,6 +253,11 @@ def quality_shift(
                 scored = analyzer.classifier.score(crops, views=_views(multi_crop))
                 probs[name] += scored.probabilities.tolist()
             labels += [it.label] * len(faces)
+            for face in faces:
+                for size in sizes:
+                    p = _shrunk_score(analyzer, image, face.box, size, multi_crop)
+                    if p is not False:
+                        shrunk[size].append((it.label, p))
         if progress:
             progress(n + 1, len(items))
     y = np.array(labels, dtype=np.int64)
@@ -261,4 +280,40 @@ def quality_shift(
                 "above_strict": float((sel >= mcard.threshold_strict).mean()),
             }
         report["degradations"][name] = row
+    if sizes:
+        report["face_sizes"] = {}
+        for size in sizes:
+            row = {}
+            for lab, key in ((0, "real"), (1, "fake")):
+                got = [p for y_, p in shrunk[size] if y_ == lab]
+                sel = np.array([p for p in got if p is not None], dtype=np.float64)
+                row[key] = {
+                    "faces": len(sel),
+                    "not_found": len(got) - len(sel),
+                    "mean_probability": float(sel.mean()) if len(sel) else None,
+                    "above_balanced": float((sel >= mcard.threshold_balanced).mean()) if len(sel) else None,
+                    "above_strict": float((sel >= mcard.threshold_strict).mean()) if len(sel) else None,
+                }
+            report["face_sizes"][str(size)] = row
     return _save(report, out, "degrade.json")
+
+
+def _shrunk_score(
+    analyzer: Any, image: np.ndarray, box: Sequence[float], size: int, multi_crop: bool
+) -> float | None | bool:
+    """The face at ``box`` scored from a copy of ``image`` shrunk until the box side is ``size``
+    px, found again there by the detector: its probability, None when the detector no longer
+    finds it, False when the face is smaller than 1.15 ``size`` already (not measured)."""
+    side = max(box[2] - box[0], box[3] - box[1])
+    if side < 1.15 * size:
+        return False
+    k = size / side
+    small = cv2.resize(image, (max(1, round(image.shape[1] * k)), max(1, round(image.shape[0] * k))),
+                       interpolation=cv2.INTER_AREA)
+    cx, cy = (box[0] + box[2]) / 2 * k, (box[1] + box[3]) / 2 * k
+    found = [g for g in analyzer.face_detector.detect(small)
+             if g.box[0] <= cx <= g.box[2] and g.box[1] <= cy <= g.box[3]]
+    if not found:
+        return None
+    crops = _face_crops(small, [found[0].box], analyzer.card, multi_crop)
+    return float(analyzer.classifier.score(crops, views=_views(multi_crop)).probabilities[0])

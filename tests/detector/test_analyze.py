@@ -273,17 +273,19 @@ def test_video_orientation_is_probed_then_left_off_or_kept(tiny_model: Path, ast
 
 
 def test_damaged_and_cut_videos_say_so(analyzer: Analyzer, astronaut, tmp_path: Path) -> None:
-    """A verdict on part of a video carries a warning; a clean video carries none."""
+    """A verdict on part of a video carries a warning; a clean video carries none (its faces,
+    27 px for the tiny model's 64 px input, only get the small-face warning)."""
     src = mf.write_video(tmp_path / "clip.mp4", n_frames=40, size=(256, 256), draw=astronaut, gop=10,
                          faststart=True, options={"bf": "0", "sc_threshold": "0"})
     clean = analyzer.analyze_path(src, sampling=Sampling("all"))
-    assert clean.status == "ok" and clean.warnings == [] and not clean.video.truncated
+    assert clean.status == "ok" and not clean.video.truncated
+    assert len(clean.warnings) == 1 and "small faces" in clean.warnings[0]
     bad = mf.damage_packets(src, tmp_path / "damaged.mp4", [13])
     damaged = analyzer.analyze_path(bad, sampling=Sampling("all"))
     assert damaged.status == "ok" and damaged.video.decode_errors >= 1 and not damaged.video.truncated
     assert damaged.video.frames_damaged >= 6 and len(damaged.frames) == 40 - damaged.video.frames_damaged
     assert not any(13 <= f.index < 20 for f in damaged.frames)
-    assert len(damaged.warnings) == 1 and "damaged video data" in damaged.warnings[0]
+    assert len(damaged.warnings) == 2 and "damaged video data" in damaged.warnings[0]
     half = mf.truncate_file(src, tmp_path / "cut.mp4", 0.5)
     cut = analyzer.analyze_path(half, sampling=Sampling("count", 8))
     assert cut.status == "ok" and cut.video.truncated
@@ -539,3 +541,37 @@ def test_analyze_video_refuses_a_still_image(
     r = analyzer.analyze_video(photo)
     assert r.status == "unsupported" and r.media_type == "image" and "still image" in (r.error or "")
     assert r.fake_probability is None
+
+
+def test_small_deciding_faces_get_a_warning(astronaut: np.ndarray) -> None:
+    """Faces whose model crop is enlarged more than LOW_DETAIL_UPSCALE times (shipped model: box
+    side under 82 px) decide a verdict only with a warning; the score itself is unchanged."""
+    import cv2
+
+    from detector.analyze import LOW_DETAIL_UPSCALE, detail_warning
+    from detector.card import read_card
+    from detector.classifier import default_model_path
+
+    card = read_card(str(default_model_path()))
+    edge = card.input_size / (card.crop_margin * LOW_DETAIL_UPSCALE)
+    assert 82 < edge < 83
+    assert detail_warning([edge + 0.01], card) is None and detail_warning([], card) is None
+    warning = detail_warning([60, 61.7, 200], card)  # the median decides
+    assert warning is not None and "box side 61 px, under 83 px" in warning and "2.0x" in warning
+    assert "box side 82 px, under 83 px" in (detail_warning([edge - 0.01], card) or "")
+    with create_analyzer() as analyzer:
+        full = analyzer.analyze_bytes(jpeg_bytes(astronaut), "big.jpg")
+        assert full.status == "ok" and full.warnings == []
+        side = max(full.faces[0].box[2] - full.faces[0].box[0], full.faces[0].box[3] - full.faces[0].box[1])
+        k = 60 / side
+        small = cv2.resize(astronaut, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+        r = analyzer.analyze_bytes(jpeg_bytes(small), "small.jpg")
+        assert r.status == "ok" and len(r.warnings) == 1 and "small faces" in r.warnings[0], r.warnings
+        assert r.fake_probability is not None and r.label in ("real", "fake")
+        # a video decided by a track of small faces
+        with tempfile.TemporaryDirectory() as tmp:
+            h, w = small.shape[:2]
+            size = ((w + 32) // 2 * 2, h * 2 + 2)  # the picture goes unscaled in the upper half
+            clip = mf.write_video(Path(tmp) / "small.mp4", n_frames=8, size=size, draw=small)
+            v = analyzer.analyze_path(clip, sampling=Sampling("count", 4))
+        assert v.status == "ok" and any("small faces" in w for w in v.warnings), v.warnings

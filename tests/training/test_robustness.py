@@ -102,6 +102,21 @@ def test_quality_shift_on_a_split(trained_run: Path, face_corpus: tuple[Path, Pa
     views = quality_shift(trained_run / "model.onnx", card, root, split="test", frames=2, max_real=2,
                           multi_crop=True)
     assert views["crop_views"] == 4 and views["faces_by_label"] == report["faces_by_label"]
+    assert "face_sizes" not in report
+    sized = quality_shift(trained_run / "model.onnx", card, root, split="test", frames=2, max_real=2,
+                          face_sizes=(60, 40, 60))
+    assert sized["degradations"] == report["degradations"] and list(sized["face_sizes"]) == ["40", "60"]
+    for row in sized["face_sizes"].values():
+        for key in ("real", "fake"):
+            assert row[key]["faces"] + row[key]["not_found"] <= sized["faces_by_label"][key]
+            if row[key]["faces"]:
+                assert 0.0 <= row[key]["above_strict"] <= row[key]["above_balanced"] <= 1.0
+    rows = sized["face_sizes"].items()
+    at = {size: sum(row[k]["faces"] for k in ("real", "fake")) for size, row in rows}
+    lost = {size: sum(row[k]["not_found"] for k in ("real", "fake")) for size, row in rows}
+    assert at["60"] >= 1 and at["40"] + lost["40"] >= 1  # at 40 px (the model's min_face_size) most are lost
+    with pytest.raises(ValueError, match="--face-size"):
+        quality_shift(trained_run / "model.onnx", card, root, split="test", face_sizes=(8,))
 
 
 def test_cli_degrade_and_errors(trained_run: Path, face_corpus: tuple[Path, Path]) -> None:
@@ -112,6 +127,11 @@ def test_cli_degrade_and_errors(trained_run: Path, face_corpus: tuple[Path, Path
                                       "--max-real", "1"])
     assert res.exit_code == 0, res.output
     assert "jpeg30" in json.loads(res.stdout)["degradations"]
+    res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--frames", "1",
+                                      "--max-real", "1", "--face-size", "48"])
+    assert res.exit_code == 0 and list(json.loads(res.stdout)["face_sizes"]) == ["48"], res.output
+    res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--face-size", "5"])
+    assert res.exit_code == 2 and "--face-size" in res.output
     res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--max-real", "0"])
     assert res.exit_code == 2 and "--max-real" in res.output
     res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--split", "nope"])
