@@ -26,6 +26,7 @@ from detector import aggregate
 from detector._prefetch import Prefetch
 from detector.card import ModelCard
 from detector.classifier import Classifier, ScoreBatch, resolve_model_path
+from detector.container import trailing_bytes
 from detector.crops import VIEWS, crop_boxes
 from detector.media import (
     ANIMATABLE_KINDS,
@@ -36,6 +37,7 @@ from detector.media import (
     media_type_of,
     sha256_file,
     sniff,
+    sniff_file,
 )
 from detector.schema import AnalysisResult, Face, Frame, ModelInfo, Status, Track, VideoInfo
 from detector.tracks import link_tracks
@@ -119,6 +121,18 @@ def detail_warning(sides: Sequence[float], card: ModelCard) -> str | None:
         f"{math.ceil(smallest)} px: the "
         f"model's {card.input_size} px crop was enlarged {upscale:.1f}x): small real faces score "
         "higher than large ones, so a fake verdict here is weak evidence (model card, 'Face size')"
+    )
+
+
+def trailing_warning(kind: str | None, data: bytes | None = None, path: Path | None = None) -> str | None:
+    """The warning for a file whose ``kind`` data end before the file does
+    (:func:`detector.container.trailing_bytes`), or None."""
+    extra = trailing_bytes(kind, data=data, path=path) if kind else None
+    if not extra:
+        return None
+    return (
+        f"{extra:,} bytes follow the end of the {kind.upper()} data (for example a phone's "
+        "motion-photo video, or another file appended): the SHA-256 covers them, the analysis does not"
     )
 
 
@@ -536,6 +550,8 @@ class Analyzer:
             self._verdict(result, verdict.probability, verdict.rule)
             warning = detail_warning([_side(result.faces[verdict.decided_by])], self.card)
             result.warnings += [warning] if warning else []
+        appended = trailing_warning(sniff(data[:SNIFF_BYTES]), data=data)
+        result.warnings += [appended] if appended else []
         result.timings = timer.done()
         return result
 
@@ -620,6 +636,8 @@ class Analyzer:
             sides = [_side(f) for fr in frames for f in fr.faces if f.track_id == verdict.decided_by]
             warning = detail_warning(sides, self.card)
             result.warnings += [warning] if warning else []
+        appended = None if result.video.truncated else trailing_warning(sniff_file(path), path=path)
+        result.warnings += [appended] if appended else []
         result.timings = timer.done()
         return result
 

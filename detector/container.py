@@ -1,0 +1,167 @@
+"""Where a media file's own data ends: bytes appended after it are reported, never analysed.
+
+Decoders stop at the end of the image or of the container and ignore whatever follows it:
+a phone's motion-photo video after a JPEG, a second file concatenated to the first, a
+hidden archive. The SHA-256 covers those bytes, the verdict does not, so an investigator
+must be told. :func:`trailing_bytes` walks the container's structure (JPEG markers, PNG
+chunks, GIF blocks, RIFF chunks of WebP and AVI, top-level MP4/MOV boxes) and returns how
+many bytes follow its end. Formats it cannot walk (BMP, whose size field writers often leave
+at 0; Matroska/WebM) and files that break off before their end (reported as cut elsewhere)
+give None.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import re
+import struct
+from typing import BinaryIO
+
+#: Most structures (chunks, blocks, boxes) walked before giving up (None).
+MAX_STEPS = 1_000_000
+
+# A marker inside JPEG entropy-coded data: 0xFF not followed by a stuffed 0x00, a restart
+# marker RST0-7 or another fill 0xFF.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_BOX_TYPE = re.compile(rb"[A-Za-z0-9 _\-\xa9]{4}")
+
+
+def trailing_bytes(
+    kind: str, data: bytes | None = None, path: str | os.PathLike[str] | None = None
+) -> int | None:
+    """Bytes after the end of the ``kind`` data (a :func:`detector.media.sniff` name) in
+    ``data`` or in the file at ``path``; 0 when the data fill it exactly, None when unknown."""
+    try:
+        if data is not None:
+            return _walk(kind, bytes(data))
+        if path is None:
+            raise ValueError("give data or path")
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if kind in ("mp4", "avi"):
+                return _walk_file(kind, fh, size)
+            if size == 0:
+                return None
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:  # not read whole
+                return _walk(kind, mapped)
+    except (struct.error, IndexError, ValueError, OSError):
+        return None
+
+
+def _walk(kind: str, buf: bytes | mmap.mmap) -> int | None:
+    """``buf``: the whole file (indexing gives ints, slicing bytes)."""
+    end = {"jpeg": _jpeg_end, "png": _png_end, "gif": _gif_end, "webp": _riff_end}.get(kind)
+    if end is None:
+        if kind in ("mp4", "avi"):
+            return _walk_file(kind, io.BytesIO(buf), len(buf))
+        return None
+    stop = end(buf)
+    return None if stop is None or stop > len(buf) else len(buf) - stop
+
+
+def _jpeg_end(data: bytes | mmap.mmap) -> int | None:
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    for _ in range(MAX_STEPS):
+        if pos + 2 > len(data) or data[pos] != 0xFF:
+            return None
+        while pos + 1 < len(data) and data[pos + 1] == 0xFF:  # fill bytes
+            pos += 1
+        marker = data[pos + 1]
+        if marker == 0xD9:  # EOI
+            return pos + 2
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            return None
+        pos += 2 + length
+        if marker == 0xDA:  # SOS: entropy-coded data up to the next marker
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                return None
+            pos = found.start()
+    return None
+
+
+def _png_end(buf: bytes | mmap.mmap) -> int | None:
+    if bytes(buf[:8]) != b"\x89PNG\r\n\x1a\n":
+        return None
+    pos = 8
+    for _ in range(MAX_STEPS):
+        length, ctype = struct.unpack(">I4s", buf[pos : pos + 8])
+        pos += 12 + length
+        if ctype == b"IEND":
+            return pos
+    return None
+
+
+def _gif_end(buf: bytes | mmap.mmap) -> int | None:
+    if bytes(buf[:3]) != b"GIF":
+        return None
+    flags = buf[10]
+    pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    for _ in range(MAX_STEPS):
+        block = buf[pos]
+        if block == 0x3B:  # trailer
+            return pos + 1
+        if block == 0x21:  # extension: label, then sub-blocks
+            pos += 2
+        elif block == 0x2C:  # image: descriptor, local colour table, LZW code size, sub-blocks
+            local = buf[pos + 9]
+            pos += 10 + (3 * 2 ** ((local & 7) + 1) if local & 0x80 else 0) + 1
+        else:
+            return None
+        for _ in range(MAX_STEPS):  # sub-blocks up to the 0 terminator
+            size = buf[pos]
+            pos += 1 + size
+            if size == 0:
+                break
+    return None
+
+
+def _riff_end(buf: bytes | mmap.mmap) -> int | None:
+    if bytes(buf[:4]) != b"RIFF":
+        return None
+    (size,) = struct.unpack("<I", buf[4:8])
+    return 8 + size + (size & 1)
+
+
+def _walk_file(kind: str, fh: BinaryIO, size: int) -> int | None:
+    """MP4/MOV: top-level boxes; AVI: its RIFF chunks (``RIFF AVI `` then ``RIFF AVIX``)."""
+    pos = 0
+    for _ in range(MAX_STEPS):
+        if pos == size:
+            return 0
+        fh.seek(pos)
+        head = fh.read(16)
+        if len(head) < 8:
+            return size - pos if pos else None
+        if kind == "avi":
+            # after the first chunk only AVIX extensions belong to the file (a second AVI is appended)
+            if head[:4] != b"RIFF" or (pos and head[8:12] != b"AVIX"):
+                return size - pos if pos else None
+            (length,) = struct.unpack("<I", head[4:8])
+            step = 8 + length + (length & 1)
+        else:
+            (length,) = struct.unpack(">I", head[:4])
+            # a second ftyp starts another file appended to this one
+            if not _BOX_TYPE.fullmatch(head[4:8]) or (pos and head[4:8] == b"ftyp"):
+                return size - pos if pos else None
+            if length == 0:  # the box runs to the end of the file
+                return 0
+            if length == 1:
+                if len(head) < 16:
+                    return None
+                (length,) = struct.unpack(">Q", head[8:16])
+            if length < 8:
+                return size - pos if pos else None
+            step = length
+        if pos + step > size:
+            return None  # cut short: not appended data
+        pos += step
+    return None

@@ -1,0 +1,93 @@
+"""Bytes appended after a media file's own data: found for every format walked, never invented."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.analyze import Analyzer, create_analyzer
+from detector.container import trailing_bytes
+from detector.video import Sampling
+from tests.detector import media_factory as mf
+
+APPENDED = mf.zip_bytes({"payload.txt": b"hidden"})
+
+
+@pytest.fixture(scope="module")
+def picture(astronaut: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(astronaut[::2, ::2])
+
+
+@pytest.fixture(scope="module")
+def analyzer(tiny_model: Path) -> Analyzer:
+    return create_analyzer(tiny_model)
+
+
+def _images(picture: np.ndarray) -> dict[str, bytes]:
+    frames = [picture, picture[::-1].copy(), np.ascontiguousarray(picture[:, ::-1])]
+    return {
+        "jpeg": mf.encode_image(picture, "jpeg", quality=90),
+        "progressive jpeg": mf.encode_image(picture, "jpeg", progressive=True, quality=80),
+        "restart-marker jpeg": mf.encode_image(picture, "jpeg", restart_marker_blocks=4),
+        "exif jpeg": mf.exif_jpeg(picture, 6),
+        "png": mf.encode_image(picture, "png"),
+        "animated png": mf.animated(frames),
+        "gif": mf.encode_image(picture, "gif"),
+        "animated gif": mf.animated_gif(frames),
+        "webp": mf.encode_image(picture, "webp"),
+        "animated webp": mf.animated(frames, "WEBP"),
+    }
+
+
+def test_images_end_where_their_data_ends(picture: np.ndarray) -> None:
+    for name, data in _images(picture).items():
+        kind = name.split()[-1]
+        assert trailing_bytes(kind, data) == 0, name
+        assert trailing_bytes(kind, data + APPENDED) == len(APPENDED), name
+        assert trailing_bytes(kind, data + b"\0") == 1, name
+        assert trailing_bytes(kind, data[: len(data) // 2]) is None, name  # cut short: not "appended"
+    # formats not walked: unknown, never a guess
+    assert trailing_bytes("bmp", mf.encode_image(picture, "bmp") + APPENDED) is None
+    assert trailing_bytes("jpeg", b"not a jpeg") is None and trailing_bytes("png", b"") is None
+
+
+def test_videos_end_where_their_container_ends(tmp_path: Path, picture: np.ndarray) -> None:
+    mp4 = mf.write_video(tmp_path / "a.mp4", n_frames=6, size=(96, 64))
+    faststart = mf.write_video(tmp_path / "b.mp4", n_frames=6, size=(96, 64), faststart=True)
+    avi = mf.write_mjpeg_avi(tmp_path / "c.avi", [picture] * 3)
+    for path in (mp4, faststart, avi):
+        kind = "avi" if path.suffix == ".avi" else "mp4"
+        data = path.read_bytes()
+        assert trailing_bytes(kind, path=path) == 0 == trailing_bytes(kind, data), path
+        joined = tmp_path / f"joined{path.suffix}"
+        joined.write_bytes(data + APPENDED)
+        assert trailing_bytes(kind, path=joined) == len(APPENDED), path
+        joined.write_bytes(data + data)  # a second file of the same kind appended
+        assert trailing_bytes(kind, path=joined) == len(data), path
+        cut = mf.truncate_file(path, tmp_path / f"cut{path.suffix}", 0.6)
+        assert trailing_bytes(kind, path=cut) is None, path
+    mkv = mf.write_video(tmp_path / "d.mkv", n_frames=3, size=(96, 64))
+    assert trailing_bytes("mkv", path=mkv) is None
+    assert trailing_bytes("mp4", path=tmp_path / "missing.mp4") is None
+
+
+def test_analysis_warns_about_appended_bytes(analyzer: Analyzer, picture: np.ndarray, tmp_path: Path,
+                                             astronaut: np.ndarray) -> None:
+    jpeg = mf.encode_image(astronaut, "jpeg", quality=90)
+    clean = analyzer.analyze_bytes(jpeg, "a.jpg")
+    assert clean.status == "ok" and not any("bytes follow" in w for w in clean.warnings)
+    joined = analyzer.analyze_bytes(jpeg + APPENDED, "a.jpg")
+    assert joined.status == "ok" and joined.fake_probability == clean.fake_probability
+    assert joined.sha256 == hashlib.sha256(jpeg + APPENDED).hexdigest()
+    [warning] = [w for w in joined.warnings if "bytes follow" in w]
+    assert warning.startswith(f"{len(APPENDED):,} bytes follow the end of the JPEG data")
+    video = mf.write_video(tmp_path / "v.mp4", n_frames=8, size=(256, 256), draw=astronaut)
+    plain = analyzer.analyze_path(video, sampling=Sampling("count", 4))
+    video.write_bytes(video.read_bytes() + APPENDED)
+    appended = analyzer.analyze_path(video, sampling=Sampling("count", 4))
+    assert plain.status == appended.status == "ok" and plain.fake_probability == appended.fake_probability
+    assert appended.warnings == [*plain.warnings, appended.warnings[-1]]
+    assert f"{len(APPENDED):,} bytes follow the end of the MP4 data" in appended.warnings[-1]
