@@ -1,3 +1,3 @@
-from facetrust.cli import main
+from facetrust._entry import main
 
 main()

@@ -339,3 +339,13 @@ def test_report_with_a_file_name_that_is_not_utf8(
     proc = scan(folder, "--json", "--model", tiny_model, "--report", report)  # JSON: ASCII escapes
     assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
     assert "bad\\udcff.jpg" in report.read_text(encoding="utf-8")
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """A Ctrl-C that lands while Python imports the CLI (simulated: a `typer` that raises
+    KeyboardInterrupt on import) ends with status 130 and no traceback."""
+    (tmp_path / "typer.py").write_text("raise KeyboardInterrupt\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = subprocess.run([sys.executable, "-m", "facetrust", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
