@@ -26,7 +26,7 @@ from detector import aggregate
 from detector._prefetch import Prefetch
 from detector.card import ModelCard
 from detector.classifier import Classifier, ScoreBatch, resolve_model_path
-from detector.container import trailing_bytes
+from detector.container import MAX_STEPS, UNCHECKED, trailing_bytes
 from detector.crops import VIEWS, crop_boxes
 from detector.media import (
     ANIMATABLE_KINDS,
@@ -101,7 +101,7 @@ class Limits:
 #: A face whose model crop (``crop_margin`` x its box side) had to be enlarged more than this to
 #: the model's input size carries less real detail than the model's input: the result gets a
 #: :func:`detail_warning` when such faces decide the verdict. For the shipped model (160 px,
-#: margin 1.3) that is a box side under 82 px; its card measures what small faces do to the
+#: margin 1.3) that is a box side under 82.05 px; its card measures what small faces do to the
 #: scores of real faces ("Face size").
 LOW_DETAIL_UPSCALE = 1.5
 
@@ -109,30 +109,38 @@ LOW_DETAIL_UPSCALE = 1.5
 def detail_warning(sides: Sequence[float], card: ModelCard) -> str | None:
     """The warning for a verdict decided by faces of box sides ``sides`` (pixels; their median
     counts), or None when they are large enough (see :data:`LOW_DETAIL_UPSCALE`)."""
-    if not len(sides):
+    finite = [float(x) for x in sides if math.isfinite(float(x))]
+    if not finite:
         return None
-    side = float(np.median(np.asarray(sides, dtype=np.float64)))
-    upscale = card.input_size / (card.crop_margin * max(side, 1e-6))
-    if upscale <= LOW_DETAIL_UPSCALE:
+    side = float(np.median(finite))
+    limit = card.input_size / (card.crop_margin * LOW_DETAIL_UPSCALE)
+    if side >= limit:
         return None
-    smallest = card.input_size / (card.crop_margin * LOW_DETAIL_UPSCALE)
+    shown_side, shown_limit = math.floor(side * 10) / 10, math.ceil(limit * 10) / 10
     return (
-        f"the verdict rests on small faces (box side {math.floor(side)} px, under "
-        f"{math.ceil(smallest)} px: the "
-        f"model's {card.input_size} px crop was enlarged {upscale:.1f}x): small real faces score "
-        "higher than large ones, so a fake verdict here is weak evidence (model card, 'Face size')"
+        f"the verdict rests on small faces (box side {shown_side:.1f} px, under {shown_limit:.1f} px: "
+        f"the model's {card.input_size} px crop was enlarged more than {LOW_DETAIL_UPSCALE:g}x): small "
+        "real faces score higher than large ones, so a fake verdict here is weak evidence (model "
+        "card, 'Face size')"
     )
 
 
 def trailing_warning(kind: str | None, data: bytes | None = None, path: Path | None = None) -> str | None:
     """The warning for a file whose ``kind`` data end before the file does
-    (:func:`detector.container.trailing_bytes`), or None."""
+    (:func:`detector.container.trailing_bytes`), or whose structure was too fragmented to
+    check; None otherwise."""
     extra = trailing_bytes(kind, data=data, path=path) if kind else None
+    name = "MP4/MOV" if kind == "mp4" else str(kind).upper()
+    if extra == UNCHECKED:
+        return (f"this {name} file has over {MAX_STEPS:,} segments or chunks: whether bytes were "
+                "appended after its data was not checked")
     if not extra:
         return None
+    example = "another file appended" if kind in ("mp4", "avi") else (
+        "a phone's motion-photo video, or another file appended")
     return (
-        f"{extra:,} bytes follow the end of the {kind.upper()} data (for example a phone's "
-        "motion-photo video, or another file appended): the SHA-256 covers them, the analysis does not"
+        f"{extra:,} bytes follow the end of the {name} data ({example}): the SHA-256 covers them, "
+        "the analysis does not"
     )
 
 

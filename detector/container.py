@@ -19,8 +19,21 @@ import re
 import struct
 from typing import BinaryIO
 
-#: Most structures (chunks, blocks, boxes) walked before giving up (None).
+#: Most structures (segments, chunks, blocks, boxes) walked; a file with more is not checked.
 MAX_STEPS = 1_000_000
+#: What :func:`trailing_bytes` returns for a file with more than :data:`MAX_STEPS` structures:
+#: not checked (a file padded with a million empty segments must not pass as checked).
+UNCHECKED = -1
+#: MP4/MOV top-level boxes. A box of another type that runs past the end of the file is not a
+#: cut box but appended data whose first bytes happen to read as a size and four letters.
+_MP4_TOP = frozenset({
+    b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"meta", b"moof", b"mfra",
+    b"sidx", b"ssix", b"styp", b"emsg", b"prft", b"pdin", b"pnot", b"PICT", b"udta", b"junk",
+})
+
+
+class _TooMany(Exception):
+    """More than :data:`MAX_STEPS` structures."""
 
 # A marker inside JPEG entropy-coded data: 0xFF not followed by a stuffed 0x00, a restart
 # marker RST0-7 or another fill 0xFF.
@@ -32,7 +45,13 @@ def trailing_bytes(
     kind: str, data: bytes | None = None, path: str | os.PathLike[str] | None = None
 ) -> int | None:
     """Bytes after the end of the ``kind`` data (a :func:`detector.media.sniff` name) in
-    ``data`` or in the file at ``path``; 0 when the data fill it exactly, None when unknown."""
+    ``data`` or in the file at ``path``: 0 when the data fill it exactly, None when unknown
+    (format not walked, file cut short), :data:`UNCHECKED` when it has too many structures.
+
+    A JPEG's end is that of its last image: multi-picture files (MPO, the gain map of an Ultra
+    HDR or iPhone HDR photo) list their other images in an APP2 ``MPF`` index."""
+    if not isinstance(kind, str) or not isinstance(data, (bytes, bytearray, memoryview, type(None))):
+        return None
     try:
         if data is not None:
             return _walk(kind, bytes(data))
@@ -46,7 +65,9 @@ def trailing_bytes(
                 return None
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:  # not read whole
                 return _walk(kind, mapped)
-    except (struct.error, IndexError, ValueError, OSError):
+    except _TooMany:
+        return UNCHECKED
+    except (struct.error, IndexError, KeyError, ValueError, OSError):
         return None
 
 
@@ -64,7 +85,7 @@ def _walk(kind: str, buf: bytes | mmap.mmap) -> int | None:
 def _jpeg_end(data: bytes | mmap.mmap) -> int | None:
     if data[:2] != b"\xff\xd8":
         return None
-    pos = 2
+    pos, declared = 2, 0
     for _ in range(MAX_STEPS):
         if pos + 2 > len(data) or data[pos] != 0xFF:
             return None
@@ -72,20 +93,37 @@ def _jpeg_end(data: bytes | mmap.mmap) -> int | None:
             pos += 1
         marker = data[pos + 1]
         if marker == 0xD9:  # EOI
-            return pos + 2
+            return max(pos + 2, declared)
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
             pos += 2
             continue
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         if length < 2:
             return None
+        if marker == 0xE2 and data[pos + 4 : pos + 8] == b"MPF\x00":
+            declared = max(declared, _mpf_end(bytes(data[pos + 8 : pos + 2 + length]), pos + 8))
         pos += 2 + length
         if marker == 0xDA:  # SOS: entropy-coded data up to the next marker
             found = _JPEG_MARKER.search(data, pos)
             if found is None:
                 return None
             pos = found.start()
-    return None
+    raise _TooMany
+
+
+def _mpf_end(tiff: bytes, base: int) -> int:
+    """End of the last image an APP2 ``MPF`` index (CIPA DC-007) lists: its MP entries give each
+    image's size and offset from ``base`` (where the index's TIFF header starts); 0 if none."""
+    order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+    for i in range(min(count, 64)):
+        tag, _, size, at = struct.unpack(order + "HHII", tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
+        if tag == 0xB002:  # MP entries, 16 bytes each: attributes, size, offset, 2 dependants
+            entries = tiff[at : at + size]
+            fields = struct.iter_unpack(order + "IIIHH", entries[: len(entries) // 16 * 16])
+            return max((base + off + n for _, n, off, _, _ in fields if off), default=0)
+    return 0
 
 
 def _png_end(buf: bytes | mmap.mmap) -> int | None:
@@ -97,7 +135,7 @@ def _png_end(buf: bytes | mmap.mmap) -> int | None:
         pos += 12 + length
         if ctype == b"IEND":
             return pos
-    return None
+    raise _TooMany
 
 
 def _gif_end(buf: bytes | mmap.mmap) -> int | None:
@@ -121,7 +159,9 @@ def _gif_end(buf: bytes | mmap.mmap) -> int | None:
             pos += 1 + size
             if size == 0:
                 break
-    return None
+        else:
+            raise _TooMany
+    raise _TooMany
 
 
 def _riff_end(buf: bytes | mmap.mmap) -> int | None:
@@ -140,7 +180,8 @@ def _walk_file(kind: str, fh: BinaryIO, size: int) -> int | None:
         fh.seek(pos)
         head = fh.read(16)
         if len(head) < 8:
-            return size - pos if pos else None
+            return None  # under 8 bytes: a cut header as likely as appended bytes
+        known = True
         if kind == "avi":
             # after the first chunk only AVIX extensions belong to the file (a second AVI is appended)
             if head[:4] != b"RIFF" or (pos and head[8:12] != b"AVIX"):
@@ -152,8 +193,9 @@ def _walk_file(kind: str, fh: BinaryIO, size: int) -> int | None:
             # a second ftyp starts another file appended to this one
             if not _BOX_TYPE.fullmatch(head[4:8]) or (pos and head[4:8] == b"ftyp"):
                 return size - pos if pos else None
+            known = head[4:8] in _MP4_TOP
             if length == 0:  # the box runs to the end of the file
-                return 0
+                return 0 if known or not pos else size - pos
             if length == 1:
                 if len(head) < 16:
                     return None
@@ -162,6 +204,8 @@ def _walk_file(kind: str, fh: BinaryIO, size: int) -> int | None:
                 return size - pos if pos else None
             step = length
         if pos + step > size:
-            return None  # cut short: not appended data
+            # a known box cut short is a cut file; an unknown "box" running past the end is not
+            # a box at all (e.g. text or base64 appended, read as a size and four letters)
+            return None if known or not pos else size - pos
         pos += step
-    return None
+    raise _TooMany

@@ -246,8 +246,9 @@ def degrade(
     out: Annotated[Path | None, typer.Option(help="report folder (degrade.json)")] = None,
     multi_crop: _MultiCropFlag = False,
     face_size: Annotated[list[int] | None, typer.Option(
-        help="also score faces shrunk to this box side in px, found again by the detector "
-             "(repeat for several, e.g. --face-size 60 --face-size 80)")] = None,
+        help="also score faces shrunk to this box side in px (faces of at least 1.15x that size; at "
+             "least the model's min_face_size), found again by the detector (repeat for several, e.g. "
+             "--face-size 60 --face-size 80)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Scores per label on JPEG-recompressed, lower-resolution and blurred copies (quality shortcut),

@@ -24,8 +24,8 @@ model has learned "low quality means fake" (a shortcut), whatever its AUC.
 side is at least 1.15 S is also scored from a copy of the whole picture shrunk (area
 resampling) until its box side is S px, with the face found again by the detector on that copy
 (as a smaller upload would be analysed) and cropped there. Per size the report gives each
-label's faces scored, faces the detector no longer found, mean probability and the shares
-above the thresholds.
+label's faces scored, faces the detector no longer found, faces left out as already smaller
+than 1.15 S (``too_small``), mean probability and the shares above the thresholds.
 """
 
 from __future__ import annotations
@@ -226,8 +226,6 @@ def quality_shift(
 
     if max_real is not None and max_real < 1:
         raise ValueError("--max-real must be >= 1")
-    if any(int(s) < 12 for s in face_sizes):
-        raise ValueError("--face-size must be >= 12 px (MTCNN's smallest face)")
     sizes = sorted({int(s) for s in face_sizes})
     dcard, items = _split_items(card, root, split)
     reals = [k for k, it in enumerate(items) if it.label == 0]
@@ -236,12 +234,15 @@ def quality_shift(
         items = [it for k, it in enumerate(items) if k not in drop]
     analyzer = create_analyzer(model)
     mcard = analyzer.card
+    if sizes and sizes[0] < mcard.min_face_size:
+        raise ValueError(f"--face-size must be >= the model's min_face_size ({mcard.min_face_size:g} px): "
+                         "the detector looks for no smaller face")
     unreadable: list[str] = []
     names = ["original", *DEGRADATIONS]
     probs: dict[str, list[float]] = {n: [] for n in names}
     labels: list[int] = []
     # per size: (label, probability or None when the detector lost the face)
-    shrunk: dict[int, list[tuple[int, float | None]]] = {s: [] for s in sizes}
+    shrunk: dict[int, list[tuple[int, float | None | bool]]] = {s: [] for s in sizes}
     for n, it in enumerate(items):
         for image in _images(it.path, it.media, frames, unreadable):
             faces = analyzer.face_detector.detect(image)
@@ -255,9 +256,8 @@ def quality_shift(
             labels += [it.label] * len(faces)
             for face in faces:
                 for size in sizes:
-                    p = _shrunk_score(analyzer, image, face.box, size, multi_crop)
-                    if p is not False:
-                        shrunk[size].append((it.label, p))
+                    score = _shrunk_score(analyzer, image, face.box, size, multi_crop)
+                    shrunk[size].append((it.label, score))
         if progress:
             progress(n + 1, len(items))
     y = np.array(labels, dtype=np.int64)
@@ -285,11 +285,12 @@ def quality_shift(
         for size in sizes:
             row = {}
             for lab, key in ((0, "real"), (1, "fake")):
-                got = [p for y_, p in shrunk[size] if y_ == lab]
+                got = [p for y_, p in shrunk[size] if y_ == lab and p is not False]
                 sel = np.array([p for p in got if p is not None], dtype=np.float64)
                 row[key] = {
                     "faces": len(sel),
                     "not_found": len(got) - len(sel),
+                    "too_small": sum(1 for y_, p in shrunk[size] if y_ == lab and p is False),
                     "mean_probability": float(sel.mean()) if len(sel) else None,
                     "above_balanced": float((sel >= mcard.threshold_balanced).mean()) if len(sel) else None,
                     "above_strict": float((sel >= mcard.threshold_strict).mean()) if len(sel) else None,

@@ -49,6 +49,18 @@ def test_images_end_where_their_data_ends(picture: np.ndarray) -> None:
         assert trailing_bytes(kind, data + APPENDED) == len(APPENDED), name
         assert trailing_bytes(kind, data + b"\0") == 1, name
         assert trailing_bytes(kind, data[: len(data) // 2]) is None, name  # cut short: not "appended"
+    # multi-picture JPEG (MPO; Ultra HDR and iPhone HDR photos keep a gain map this way): its
+    # second picture, listed in the APP2 MPF index, is part of the file
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    second = Image.fromarray(np.ascontiguousarray(picture[::4, ::4]))
+    Image.fromarray(picture).save(buf, "MPO", save_all=True, append_images=[second])
+    mpo = buf.getvalue()
+    assert trailing_bytes("jpeg", mpo) == 0 and trailing_bytes("jpeg", mpo + APPENDED) == len(APPENDED)
+    assert trailing_bytes("jpeg", mpo[:-50]) is None  # the second picture cut short
     # formats not walked: unknown, never a guess
     assert trailing_bytes("bmp", mf.encode_image(picture, "bmp") + APPENDED) is None
     assert trailing_bytes("jpeg", b"not a jpeg") is None and trailing_bytes("png", b"") is None
@@ -69,6 +81,13 @@ def test_videos_end_where_their_container_ends(tmp_path: Path, picture: np.ndarr
         assert trailing_bytes(kind, path=joined) == len(data), path
         cut = mf.truncate_file(path, tmp_path / f"cut{path.suffix}", 0.6)
         assert trailing_bytes(kind, path=cut) is None, path
+    # appended text whose first 8 bytes read as a huge size and 4 letters: appended, not cut
+    joined = tmp_path / "text.mp4"
+    joined.write_bytes(mp4.read_bytes() + b"Lorem ipsum dolor sit amet " * 10)
+    assert trailing_bytes("mp4", path=joined) == 270
+    # fewer than 8 bytes after the last box: a cut box header as likely as appended bytes
+    joined.write_bytes(mp4.read_bytes() + b"\0\0\0\x10m")
+    assert trailing_bytes("mp4", path=joined) is None
     mkv = mf.write_video(tmp_path / "d.mkv", n_frames=3, size=(96, 64))
     assert trailing_bytes("mkv", path=mkv) is None
     assert trailing_bytes("mp4", path=tmp_path / "missing.mp4") is None
@@ -90,4 +109,27 @@ def test_analysis_warns_about_appended_bytes(analyzer: Analyzer, picture: np.nda
     appended = analyzer.analyze_path(video, sampling=Sampling("count", 4))
     assert plain.status == appended.status == "ok" and plain.fake_probability == appended.fake_probability
     assert appended.warnings == [*plain.warnings, appended.warnings[-1]]
-    assert f"{len(APPENDED):,} bytes follow the end of the MP4 data" in appended.warnings[-1]
+    expected = f"{len(APPENDED):,} bytes follow the end of the MP4/MOV data (another file appended)"
+    assert appended.warnings[-1].startswith(expected)
+
+
+def test_too_many_structures_are_not_passed_as_checked(monkeypatch: pytest.MonkeyPatch, picture: np.ndarray,
+                                                        tmp_path: Path) -> None:
+    """Padding a file with more segments than MAX_STEPS (here lowered to 50) gives UNCHECKED, and
+    the analysis says the check was not made, instead of passing appended bytes as none."""
+    from detector import container
+    from detector.analyze import trailing_warning
+
+    monkeypatch.setattr(container, "MAX_STEPS", 50)
+    jpeg = mf.encode_image(picture, "jpeg")
+    padded = jpeg[:2] + b"\xff\xfe\x00\x02" * 60 + jpeg[2:] + APPENDED  # 60 empty comments
+    assert container.trailing_bytes("jpeg", padded) == container.UNCHECKED
+    assert "was not checked" in (trailing_warning("jpeg", data=padded) or "")
+    frames = [picture, picture[::-1].copy()]
+    gif = bytearray(mf.animated_gif(frames))
+    comment = b"\x21\xfe" + b"\x01x" * 60 + b"\x00"  # a comment of 60 one-byte sub-blocks
+    gif[13 + 3 * 256 : 13 + 3 * 256] = comment  # after the global colour table (256 colours)
+    assert gif[10] & 0x87 == 0x87
+    assert container.trailing_bytes("gif", bytes(gif)) == container.UNCHECKED
+    monkeypatch.setattr(container, "MAX_STEPS", 1_000_000)
+    assert container.trailing_bytes("gif", bytes(gif)) == 0 and container.trailing_bytes("jpeg", padded) > 0

@@ -115,7 +115,8 @@ def test_quality_shift_on_a_split(trained_run: Path, face_corpus: tuple[Path, Pa
     at = {size: sum(row[k]["faces"] for k in ("real", "fake")) for size, row in rows}
     lost = {size: sum(row[k]["not_found"] for k in ("real", "fake")) for size, row in rows}
     assert at["60"] >= 1 and at["40"] + lost["40"] >= 1  # at 40 px (the model's min_face_size) most are lost
-    with pytest.raises(ValueError, match="--face-size"):
+    assert all(row[k]["too_small"] >= 0 for row in sized["face_sizes"].values() for k in ("real", "fake"))
+    with pytest.raises(ValueError, match="min_face_size"):
         quality_shift(trained_run / "model.onnx", card, root, split="test", face_sizes=(8,))
 
 
