@@ -38,6 +38,7 @@ class _TooMany(Exception):
 # A marker inside JPEG entropy-coded data: 0xFF not followed by a stuffed 0x00, a restart
 # marker RST0-7 or another fill 0xFF.
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_FILL = re.compile(rb"\xff+")
 _BOX_TYPE = re.compile(rb"[A-Za-z0-9 _\-\xa9]{4}")
 
 
@@ -89,8 +90,9 @@ def _jpeg_end(data: bytes | mmap.mmap) -> int | None:
     for _ in range(MAX_STEPS):
         if pos + 2 > len(data) or data[pos] != 0xFF:
             return None
-        while pos + 1 < len(data) and data[pos + 1] == 0xFF:  # fill bytes
-            pos += 1
+        pos = _JPEG_FILL.match(data, pos).end() - 1  # the last of any fill 0xFF bytes
+        if pos + 1 >= len(data):
+            return None
         marker = data[pos + 1]
         if marker == 0xD9:  # EOI
             return max(pos + 2, declared)
@@ -143,7 +145,9 @@ def _gif_end(buf: bytes | mmap.mmap) -> int | None:
         return None
     flags = buf[10]
     pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
-    for _ in range(MAX_STEPS):
+    steps = 0  # blocks and sub-blocks together
+    while steps < MAX_STEPS:
+        steps += 1
         block = buf[pos]
         if block == 0x3B:  # trailer
             return pos + 1
@@ -154,13 +158,14 @@ def _gif_end(buf: bytes | mmap.mmap) -> int | None:
             pos += 10 + (3 * 2 ** ((local & 7) + 1) if local & 0x80 else 0) + 1
         else:
             return None
-        for _ in range(MAX_STEPS):  # sub-blocks up to the 0 terminator
+        while True:  # sub-blocks up to the 0 terminator
+            steps += 1
+            if steps > MAX_STEPS:
+                raise _TooMany
             size = buf[pos]
             pos += 1 + size
             if size == 0:
                 break
-        else:
-            raise _TooMany
     raise _TooMany
 
 
