@@ -116,9 +116,9 @@ def detail_warning(sides: Sequence[float], card: ModelCard) -> str | None:
     limit = card.input_size / (card.crop_margin * LOW_DETAIL_UPSCALE)
     if side >= limit:
         return None
-    shown_side, shown_limit = math.floor(side * 10) / 10, math.ceil(limit * 10) / 10
+    shown = math.floor(side * 10) / 10  # never rounded up to the limit
     return (
-        f"the verdict rests on small faces (box side {shown_side:.1f} px, under {shown_limit:.1f} px: "
+        f"the verdict rests on small faces (box side {shown:.1f} px, under {limit:.2f} px: "
         f"the model's {card.input_size} px crop was enlarged more than {LOW_DETAIL_UPSCALE:g}x): small "
         "real faces score higher than large ones, so a fake verdict here is weak evidence (model "
         "card, 'Face size')"
@@ -132,8 +132,8 @@ def trailing_warning(kind: str | None, data: bytes | None = None, path: Path | N
     extra = trailing_bytes(kind, data=data, path=path) if kind else None
     name = "MP4/MOV" if kind == "mp4" else str(kind).upper()
     if extra == UNCHECKED:
-        return (f"this {name} file has over {MAX_STEPS:,} segments or chunks: whether bytes were "
-                "appended after its data was not checked")
+        return (f"this {name} file has over {MAX_STEPS:,} structures (segments, chunks, blocks or boxes): "
+                "whether bytes were appended after its data was not checked")
     if not extra:
         return None
     example = "another file appended" if kind in ("mp4", "avi") else (
