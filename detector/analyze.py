@@ -136,7 +136,7 @@ def trailing_warning(kind: str | None, data: bytes | None = None, path: Path | N
                 "whether bytes were appended after its data was not checked")
     if not extra:
         return None
-    example = "another file appended" if kind in ("mp4", "avi") else (
+    example = "another file appended" if kind in ("mp4", "avi", "avif", "heic") else (
         "a phone's motion-photo video, or another file appended")
     return (
         f"{extra:,} bytes follow the end of the {name} data ({example}): the SHA-256 covers them, "

@@ -4,7 +4,8 @@ Decoders stop at the end of the image or of the container and ignore whatever fo
 a phone's motion-photo video after a JPEG, a second file concatenated to the first, a
 hidden archive. The SHA-256 covers those bytes, the verdict does not, so an investigator
 must be told. :func:`trailing_bytes` walks the container's structure (JPEG markers, PNG
-chunks, GIF blocks, RIFF chunks of WebP and AVI, top-level MP4/MOV boxes) and returns how
+chunks, GIF blocks, RIFF chunks of WebP and AVI, top-level ISO BMFF boxes of MP4/MOV, HEIC and
+AVIF) and returns how
 many bytes follow its end. Formats it cannot walk (BMP, whose size field writers often leave
 at 0; Matroska/WebM) and files that break off before their end (reported as cut elsewhere)
 give None.
@@ -30,6 +31,10 @@ _MP4_TOP = frozenset({
     b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"meta", b"moof", b"mfra",
     b"sidx", b"ssix", b"styp", b"emsg", b"prft", b"pdin", b"pnot", b"PICT", b"udta", b"junk",
 })
+
+
+#: Kinds walked box by box (ISO BMFF top-level boxes; AVI RIFF chunks).
+_BOX_WALKED = frozenset({"mp4", "avif", "heic", "avi"})
 
 
 class _TooMany(Exception):
@@ -60,7 +65,7 @@ def trailing_bytes(
             raise ValueError("give data or path")
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            if kind in ("mp4", "avi"):
+            if kind in _BOX_WALKED:
                 return _walk_file(kind, fh, size)
             if size == 0:
                 return None
@@ -76,7 +81,7 @@ def _walk(kind: str, buf: bytes | mmap.mmap) -> int | None:
     """``buf``: the whole file (indexing gives ints, slicing bytes)."""
     end = {"jpeg": _jpeg_end, "png": _png_end, "gif": _gif_end, "webp": _riff_end}.get(kind)
     if end is None:
-        if kind in ("mp4", "avi"):
+        if kind in _BOX_WALKED:
             return _walk_file(kind, io.BytesIO(buf), len(buf))
         return None
     stop = end(buf)
@@ -177,7 +182,7 @@ def _riff_end(buf: bytes | mmap.mmap) -> int | None:
 
 
 def _walk_file(kind: str, fh: BinaryIO, size: int) -> int | None:
-    """MP4/MOV: top-level boxes; AVI: its RIFF chunks (``RIFF AVI `` then ``RIFF AVIX``)."""
+    """MP4/MOV, HEIC, AVIF: top-level boxes; AVI: its RIFF chunks (``RIFF AVI `` then ``RIFF AVIX``)."""
     pos = 0
     for _ in range(MAX_STEPS):
         if pos == size:

@@ -3,7 +3,10 @@
 Only the content decides what a file is (never its name or Content-Type). The
 allowlist is:
 
-- images: ``'jpeg'``, ``'png'``, ``'webp'``, ``'bmp'``, ``'gif'`` (single frame);
+- images: ``'jpeg'``, ``'png'``, ``'webp'``, ``'bmp'``, ``'gif'`` (single frame),
+  ``'avif'`` (Pillow's own AVIF plugin; animated AVIF is refused) and ``'heic'`` (HEIF with
+  HEVC, the default photo format of iPhones: the primary image, decoded by the optional
+  ``pillow-heif`` package, the ``heic`` extra; without it ``unsupported``, saying so);
 - videos: ``'mp4'`` (ISO BMFF / QuickTime: mp4, mov, m4v, 3gp), ``'webm'`` and
   ``'mkv'`` (EBML / Matroska), ``'avi'`` (RIFF AVI), animated ``'gif'`` and animated
   ``'png'`` (APNG). Animated WebP is refused (``unsupported``): this FFmpeg cannot
@@ -50,7 +53,7 @@ from detector.schema import Status
 #: Bytes of a file's start that :func:`sniff` needs (it looks at no more than this).
 SNIFF_BYTES = 64
 
-IMAGE_KINDS = frozenset({"jpeg", "png", "webp", "bmp", "gif"})
+IMAGE_KINDS = frozenset({"jpeg", "png", "webp", "bmp", "gif", "avif", "heic"})
 VIDEO_KINDS = frozenset({"mp4", "webm", "mkv", "avi", "gif", "png"})
 #: Kinds that are a still image or a video depending on their frame count.
 ANIMATABLE_KINDS = frozenset({"gif", "png"})
@@ -64,10 +67,13 @@ _PLUGINS: dict[str, type[ImageFile.ImageFile]] = {
     "gif": GifImagePlugin.GifImageFile,
 }
 
-#: ISO BMFF brands that are still images (HEIF/AVIF), not videos.
-_IMAGE_BRANDS = frozenset(
-    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis", b"crx "}
-)
+#: ISO BMFF (``ftyp``) brands of still images, not videos: AVIF, HEIC (HEIF with HEVC), the
+#: generic HEIF structure brands (the codec is then named among the compatible brands), and
+#: others that are refused (Canon CR3 raw photos).
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"})
+_HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"miaf", b"mif2"})
+_IMAGE_BRANDS = _AVIF_BRANDS | _HEIC_BRANDS | _HEIF_BRANDS | {b"crx "}
 #: First box types of old QuickTime files that have no ``ftyp`` box.
 _QT_BOXES = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
 #: Sizes of the BMP DIB headers Pillow reads (core, info, v2..v5).
@@ -121,7 +127,7 @@ class MediaTimeout(MediaError):
 def sniff(head: bytes) -> str | None:
     """The allowed format of a file from its first bytes (>= :data:`SNIFF_BYTES`), else ``None``.
 
-    Returns one of ``'jpeg' 'png' 'webp' 'bmp' 'gif' 'mp4' 'webm' 'mkv' 'avi'``.
+    Returns one of ``'jpeg' 'png' 'webp' 'bmp' 'gif' 'avif' 'heic' 'mp4' 'webm' 'mkv' 'avi'``.
     Judges magic bytes only; whether a GIF is animated needs the whole file
     (see :func:`media_type_of`).
     """
@@ -148,9 +154,21 @@ def sniff(head: bytes) -> str | None:
         size = struct.unpack_from(">I", h, 0)[0]
         box = h[4:8]
         if box == b"ftyp" and size >= 8:
-            return None if h[8:12] in _IMAGE_BRANDS else "mp4"
+            return _ftyp_image(h, size) if h[8:12] in _IMAGE_BRANDS else "mp4"
         if box in _QT_BOXES and (size == 1 or size >= 8):
             return "mp4"
+    return None
+
+
+def _ftyp_image(h: bytes, size: int) -> str | None:
+    """``'avif'``/``'heic'`` for an image ``ftyp`` box of ``size`` bytes at the start of ``h``,
+    from its major brand or, for a generic HEIF brand, its compatible brands; else None."""
+    major = h[8:12]
+    compat = {h[i : i + 4] for i in range(16, min(size, len(h)) - 3, 4)}
+    if major in _AVIF_BRANDS or (major in _HEIF_BRANDS and compat & _AVIF_BRANDS):
+        return "avif"
+    if major in _HEIC_BRANDS or (major in _HEIF_BRANDS and compat & _HEIC_BRANDS):
+        return "heic"
     return None
 
 
@@ -225,7 +243,10 @@ def describe_unknown(head: bytes) -> str:
         if stripped.startswith(magic) or h.startswith(magic):
             return name
     if len(h) >= 12 and h[4:8] == b"ftyp" and h[8:12] in _IMAGE_BRANDS:
-        return f"a HEIF/AVIF image, brand {h[8:12].decode('latin-1').strip()!r}"
+        brand = h[8:12].decode("latin-1").strip()
+        if brand == "crx":
+            return "a Canon CR3 raw photo"
+        return f"a HEIF image of another codec, brand {brand!r}"
     try:
         if b"\x00" in h:  # NUL bytes: not text, whatever UTF-8 says
             raise UnicodeDecodeError("utf-8", h, 0, 1, "NUL byte")
@@ -236,7 +257,45 @@ def describe_unknown(head: bytes) -> str:
 
 
 # -- still images ---------------------------------------------------------------
-_ALLOWED_NAMES = "JPEG, PNG, WebP, BMP, GIF, MP4/MOV, WebM/MKV, AVI"
+#: The allowed formats, as error messages name them.
+ALLOWED_NAMES = "JPEG, PNG, WebP, BMP, GIF, AVIF, HEIC, MP4/MOV, WebM/MKV, AVI"
+
+
+def _plugin(kind: str) -> type[ImageFile.ImageFile]:
+    """The Pillow plugin class that parses ``kind``; ``unsupported`` when this install has none."""
+    if kind == "avif":
+        try:
+            from PIL import AvifImagePlugin
+        except ImportError:  # Pillow < 11.3
+            AvifImagePlugin = None  # noqa: N806
+        if AvifImagePlugin is None or not AvifImagePlugin.SUPPORTED:
+            raise MediaError(Status.unsupported, "this Pillow cannot decode AVIF: install Pillow >= 11.3")
+        return AvifImagePlugin.AvifImageFile
+    if kind == "heic":
+        try:
+            from pillow_heif.as_plugin import HeifImageFile
+        except ImportError as exc:
+            raise MediaError(
+                Status.unsupported,
+                "HEIC needs the optional pillow-heif package: pip install 'facetrust[heic]' "
+                "(or convert the photo to JPEG)",
+            ) from exc
+        return HeifImageFile
+    return _PLUGINS[kind]
+
+
+def _declared_too_large(data: bytes, max_pixels: int, max_side: int) -> tuple[int, int] | None:
+    """The first ``ispe`` (image size) property of a HEIF/AVIF file over the caps, if any.
+
+    Used when the decoder's own parser refuses the header (libavif rejects sizes over its
+    own limit): such a file is ``too_large``, not ``unreadable``."""
+    at = data.find(b"ispe")
+    while at != -1 and at + 16 <= len(data):
+        width, height = struct.unpack_from(">II", data, at + 8)
+        if width * height > max_pixels or max(width, height) > max_side:
+            return width, height
+        at = data.find(b"ispe", at + 4)
+    return None
 
 
 def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 20_000) -> np.ndarray:
@@ -244,7 +303,9 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
 
     - format from magic bytes only; video or unknown content -> ``unsupported``;
       an animated GIF or PNG -> ``unsupported`` (analyse it as a video); an animated
-      WebP -> ``unsupported`` (not decodable here as a video: convert it);
+      WebP or AVIF -> ``unsupported`` (not decodable here as a video: convert it); a HEIC
+      without the optional ``pillow-heif`` package -> ``unsupported``; of a HEIC holding
+      several images, the primary one (the photo a phone shows) is decoded;
     - ``width * height > max_pixels`` or a side ``> max_side`` -> ``too_large``,
       decided from the header before any pixel is decoded;
     - empty, truncated or corrupt data -> ``unreadable`` (the whole image is
@@ -260,14 +321,22 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
     if kind is None:
         raise MediaError(
             Status.unsupported,
-            f"not an allowed image or video format ({describe_unknown(data)}); allowed: {_ALLOWED_NAMES}",
+            f"not an allowed image or video format ({describe_unknown(data)}); allowed: {ALLOWED_NAMES}",
         )
     if kind not in IMAGE_KINDS:
         raise MediaError(Status.unsupported, f"this is a {kind} video, not a still image")
+    plugin = _plugin(kind)
     try:
         with _metadata_quiet():
-            im = _PLUGINS[kind](io.BytesIO(data))
+            im = plugin(io.BytesIO(data))
     except Exception as exc:  # Pillow plugins raise SyntaxError, OSError, struct.error, ...
+        big = _declared_too_large(data, max_pixels, max_side) if kind in ("avif", "heic") else None
+        if big is not None:
+            raise MediaError(
+                Status.too_large,
+                f"{kind} image of {big[0]}x{big[1]} pixels exceeds the limit "
+                f"({max_pixels:,} pixels, {max_side} per side); refused before decoding",
+            ) from exc
         raise MediaError(Status.unreadable, f"corrupt {kind} header: {exc}") from exc
     with im:
         width, height = im.size
@@ -281,6 +350,11 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
             )
         if kind in ANIMATABLE_KINDS and getattr(im, "is_animated", False):
             raise MediaError(Status.unsupported, f"animated {kind}: analyse it as a video")
+        if kind == "avif" and getattr(im, "is_animated", False):
+            raise MediaError(
+                Status.unsupported,
+                "animated AVIF is not supported: convert it to MP4 or GIF, or send a single frame",
+            )
         if kind == "webp" and getattr(im, "is_animated", False):
             raise MediaError(
                 Status.unsupported,

@@ -249,16 +249,21 @@ def degrade(
         help="also score faces shrunk to this box side in px (faces of at least 1.15x that size; at "
              "least the model's min_face_size), found again by the detector (repeat for several, e.g. "
              "--face-size 60 --face-size 80)")] = None,
+    codec: Annotated[list[str] | None, typer.Option(
+        help="also score copies saved as a phone saves photos and decoded back as an upload: jpeg90, "
+             "heic80 (needs the heic extra) or avif80 (repeat for several)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Scores per label on JPEG-recompressed, lower-resolution and blurred copies (quality shortcut),
-    and with --face-size on faces shrunk to a given size."""
+    with --codec on copies saved as HEIC, AVIF or JPEG, and with --face-size on faces shrunk to a
+    given size."""
     _check_report_args(verbose, split, frames)
     try:
         from training.robustness import quality_shift
 
         report = quality_shift(model, card, root, split=split, frames=frames, max_real=max_real, out=out,
-                               multi_crop=multi_crop, face_sizes=tuple(face_size or ()))
+                               multi_crop=multi_crop, face_sizes=tuple(face_size or ()),
+                               codecs=tuple(codec or ()))
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(report, indent=2))

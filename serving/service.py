@@ -19,7 +19,7 @@ from pathlib import Path
 
 from detector.card import read_card
 from detector.classifier import resolve_model_path
-from detector.media import describe_unknown, sniff
+from detector.media import ALLOWED_NAMES, describe_unknown, sniff
 from detector.schema import AnalysisResult, ModelInfo, Status
 from serving.errors import RESULT_CODE, RESULT_HTTP_STATUS, ApiError, result_status
 from serving.jobs import JobStore
@@ -151,8 +151,8 @@ class Server:
             raise ApiError(
                 415,
                 "unsupported_media",
-                f"unsupported media: {describe_unknown(upload.head)}; allowed: JPEG, PNG, WebP, BMP, GIF, "
-                "MP4/MOV, WebM/MKV, AVI (recognised by content, not by name)",
+                f"unsupported media: {describe_unknown(upload.head)}; allowed: {ALLOWED_NAMES} "
+                "(recognised by content, not by name)",
             )
         ctx.format = fmt
         kind = media_kind(fmt)

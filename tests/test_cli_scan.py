@@ -65,6 +65,28 @@ def test_ok_image_json(tiny_model: Path, media: dict[str, Path]) -> None:
     assert strict_code == (1 if strict_out[0]["label_strict"] == "fake" else 0)
 
 
+def test_phone_photo_formats(tiny_model: Path, astronaut: np.ndarray, tmp_path: Path) -> None:
+    """An iPhone-style HEIC stored sideways with an EXIF turn, and an AVIF: the face is found
+    where it is in the upright PNG, and each file gets its own SHA-256 and appended-bytes check."""
+    png = mf.write_image(tmp_path / "a.png", astronaut, "png")
+    heic = tmp_path / "IMG_0001.HEIC"
+    stored = np.ascontiguousarray(np.rot90(astronaut, 1))  # EXIF 6: shown turned 90 degrees clockwise
+    heic.write_bytes(mf.with_exif_orientation(stored, "heic", 6, quality=90))
+    avif = tmp_path / "photo.avif"
+    avif.write_bytes(mf.encode_image(astronaut, "avif", quality=90) + mf.zip_bytes({"a.txt": b"x"}))
+    code, out, _ = scan_json(png, heic, avif, "--model", tiny_model)
+    assert code in (0, 1)
+    by_name = {Path(r["path"]).name: r for r in out}
+    ref = by_name["a.png"]["faces"][0]["box"]
+    for name in ("IMG_0001.HEIC", "photo.avif"):
+        r = by_name[name]
+        assert r["status"] == "ok" and r["media_type"] == "image" and len(r["faces"]) == 1, r
+        assert np.abs(np.subtract(r["faces"][0]["box"], ref)).max() < 8, (name, r["faces"][0]["box"], ref)
+        assert r["sha256"] == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+    assert not any("bytes follow" in w for w in by_name["IMG_0001.HEIC"]["warnings"])
+    assert any("bytes follow the end of the AVIF data" in w for w in by_name["photo.avif"]["warnings"])
+
+
 def test_no_face_exits_zero_with_null_score(tiny_model: Path, media: dict[str, Path]) -> None:
     code, out, _ = scan_json(media["noface"], "--model", tiny_model)
     assert code == 0

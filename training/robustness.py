@@ -20,6 +20,11 @@ the report gives each label's mean fake probability, the share above the balance
 thresholds and the face-level AUC. If real faces' probability climbs with the damage, the
 model has learned "low quality means fake" (a shortcut), whatever its AUC.
 
+``facetrust degrade --codec NAME`` (repeatable; :data:`CODECS`) adds copies saved as a phone
+would save a photo (JPEG quality 90, HEIC or AVIF quality 80) and decoded back by
+:func:`detector.media.decode_image`, the decoder every upload goes through; the report gives
+each codec's mean bits per pixel. HEIC needs the ``heic`` extra (pillow-heif).
+
 ``facetrust degrade --face-size S`` (repeatable) adds the face-size check: each face whose box
 side is at least 1.15 S is also scored from a copy of the whole picture shrunk (area
 resampling) until its box side is S px, with the face found again by the detector on that copy
@@ -202,6 +207,43 @@ DEGRADATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+#: Phone photo codecs for ``degrade --codec``: name -> (format, quality).
+CODECS: dict[str, tuple[str, int]] = {"jpeg90": ("jpeg", 90), "heic80": ("heic", 80), "avif80": ("avif", 80)}
+
+
+def encode_photo(image: np.ndarray, fmt: str, quality: int) -> bytes:
+    """``image`` (RGB uint8) saved as ``fmt`` (``jpeg``, ``heic``, ``avif``) at ``quality``."""
+    import io
+
+    from PIL import Image
+
+    pil, buf = Image.fromarray(np.ascontiguousarray(image)), io.BytesIO()
+    if fmt == "heic":
+        try:
+            import pillow_heif
+        except ImportError as exc:
+            raise ValueError("--codec heic80 needs pillow-heif: pip install 'facetrust[heic]'") from exc
+        pillow_heif.from_pillow(pil).save(buf, quality=quality)
+    else:
+        pil.save(buf, {"jpeg": "JPEG", "avif": "AVIF"}[fmt], quality=quality)
+    return buf.getvalue()
+
+
+class _Recoded:
+    """A :data:`CODECS` entry as a degradation; counts the bytes and pixels it encoded."""
+
+    def __init__(self, fmt: str, quality: int) -> None:
+        self.fmt, self.quality, self.bytes, self.pixels = fmt, quality, 0, 0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        from detector.media import decode_image
+
+        data = encode_photo(image, self.fmt, self.quality)
+        self.bytes += len(data)
+        self.pixels += image.shape[0] * image.shape[1]
+        return decode_image(data)
+
+
 def quality_shift(
     model: str | Path,
     card: str | Path,
@@ -212,10 +254,12 @@ def quality_shift(
     max_real: int | None = None,
     multi_crop: bool = False,
     face_sizes: Sequence[int] = (),
+    codecs: Sequence[str] = (),
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Scores of ONNX ``model`` on ``split`` under each of :data:`DEGRADATIONS` (see module doc).
+    """Scores of ONNX ``model`` on ``split`` under each of :data:`DEGRADATIONS` (see module doc)
+    and each of ``codecs`` (names in :data:`CODECS`).
 
     ``max_real``: at most this many real items (seeded); every fake item is kept.
     ``multi_crop``: score each face as the mean of its 4 views. ``face_sizes``: box sides (px)
@@ -227,6 +271,12 @@ def quality_shift(
     if max_real is not None and max_real < 1:
         raise ValueError("--max-real must be >= 1")
     sizes = sorted({int(s) for s in face_sizes})
+    unknown = sorted(set(codecs) - set(CODECS))
+    if unknown:
+        raise ValueError(f"unknown codec(s) {', '.join(unknown)}; choose from {', '.join(CODECS)}")
+    recoders = {name: _Recoded(*CODECS[name]) for name in dict.fromkeys(codecs)}
+    if "heic80" in recoders:
+        encode_photo(np.zeros((16, 16, 3), np.uint8), "heic", 80)  # fail now if pillow-heif is missing
     dcard, items = _split_items(card, root, split)
     reals = [k for k, it in enumerate(items) if it.label == 0]
     if max_real is not None and len(reals) > max_real:
@@ -238,7 +288,8 @@ def quality_shift(
         raise ValueError(f"--face-size must be >= the model's min_face_size ({mcard.min_face_size:g} px): "
                          "the detector looks for no smaller face")
     unreadable: list[str] = []
-    names = ["original", *DEGRADATIONS]
+    degradations: dict[str, Callable[[np.ndarray], np.ndarray]] = {**DEGRADATIONS, **recoders}
+    names = ["original", *degradations]
     probs: dict[str, list[float]] = {n: [] for n in names}
     labels: list[int] = []
     # per size: (label, probability or None when the detector lost the face)
@@ -248,7 +299,7 @@ def quality_shift(
             faces = analyzer.face_detector.detect(image)
             if not faces:
                 continue
-            copies = {"original": image} | {k: f(image) for k, f in DEGRADATIONS.items()}
+            copies = {"original": image} | {k: f(image) for k, f in degradations.items()}
             for name, pic in copies.items():
                 crops = _face_crops(pic, [f.box for f in faces], mcard, multi_crop)
                 scored = analyzer.classifier.score(crops, views=_views(multi_crop))
@@ -279,6 +330,8 @@ def quality_shift(
                 "above_balanced": float((sel >= mcard.threshold_balanced).mean()),
                 "above_strict": float((sel >= mcard.threshold_strict).mean()),
             }
+        if name in recoders and recoders[name].pixels:
+            row["bits_per_pixel"] = 8.0 * recoders[name].bytes / recoders[name].pixels
         report["degradations"][name] = row
     if sizes:
         report["face_sizes"] = {}

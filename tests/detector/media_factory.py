@@ -316,17 +316,42 @@ def mkv_claims_duration(src: str | Path, dst: str | Path, factor: float) -> Path
 
 
 # -- images ------------------------------------------------------------------------
-_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "gif": "GIF"}
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "gif": "GIF", "avif": "AVIF"}
 
 
 def encode_image(array: np.ndarray, fmt: str, **save_kwargs: object) -> bytes:
-    """Encode an RGB/RGBA/L array as ``fmt`` (``jpeg png webp bmp gif``)."""
+    """Encode an RGB/RGBA/L array as ``fmt`` (``jpeg png webp bmp gif avif heic``; HEIC with
+    pillow-heif's x265 encoder, ``exif`` and ``quality`` accepted)."""
     im = Image.fromarray(np.asarray(array))
     if fmt == "jpeg" and im.mode == "RGBA":
         im = im.convert("RGB")
     buf = io.BytesIO()
-    im.save(buf, _PIL_FORMATS[fmt], **save_kwargs)
+    if fmt == "heic":
+        import pillow_heif
+
+        pillow_heif.from_pillow(im).save(buf, **save_kwargs)
+    else:
+        im.save(buf, _PIL_FORMATS[fmt], **save_kwargs)
     return buf.getvalue()
+
+
+def with_exif_orientation(array: np.ndarray, fmt: str, orientation: int, **save_kwargs: object) -> bytes:
+    """``array`` as stored pixels encoded as ``fmt`` with EXIF Orientation ``orientation``."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode_image(array, fmt, exif=exif.tobytes(), **save_kwargs)
+
+
+def set_bmff_image_size(data: bytes, width: int, height: int) -> bytes:
+    """A HEIF/AVIF file whose every ``ispe`` (image size) property declares ``width`` x ``height``:
+    a header that lies, as a decompression bomb's does."""
+    out = bytearray(data)
+    at = out.find(b"ispe")
+    assert at != -1, "no ispe property"
+    while at != -1:
+        struct.pack_into(">II", out, at + 8, width, height)
+        at = out.find(b"ispe", at + 4)
+    return bytes(out)
 
 
 def write_image(path: str | Path, array: np.ndarray, fmt: str, **save_kwargs: object) -> Path:

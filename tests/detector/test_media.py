@@ -69,8 +69,15 @@ def test_sniff_images(fmt: str, quadrants: np.ndarray) -> None:
         (b"\x00\x00\x00\x1cftypM4V \x00\x00\x00\x01M4V M4A mp42isom", "mp4"),  # .m4v
         (b"\x00\x00\x00\x18ftyp3gp5\x00\x00\x00\x00", "mp4"),  # 3GP
         (b"\x00\x00\x00\x08wide\x00\x00\x10\x00mdat", "mp4"),  # old QuickTime, no ftyp
-        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", None),  # HEIF still image
-        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", None),  # AVIF still image
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "heic"),  # iPhone photo
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "avif"),
+        (b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1avifmiaf", "avif"),  # generic HEIF brand
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "heic"),
+        (b"\x00\x00\x00\x18ftypmsf1\x00\x00\x00\x00msf1hevc", "heic"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1jpeg", None),  # HEIF of JPEG tiles
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1mif1", None),  # no codec named
+        (b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom", None),  # Canon CR3 raw
+        (b"\x00\x00\x00\x10ftypmif1\x00\x00\x00\x00avifheic", None),  # brands after the box
         (b"RIFF\x10\x00\x00\x00AVI LIST", "avi"),
         (b"RIFF\x10\x00\x00\x00WAVEfmt ", None),  # audio
         (b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04B\xf3\x81\x08B\x82\x84webm", "webm"),
@@ -118,8 +125,9 @@ def test_media_type_of() -> None:
     )
     assert {media_type_of(k) for k in ("mp4", "webm", "mkv", "avi")} == {"video"}
     assert media_type_of("gif") == "image"  # without the bytes: the single-frame rule
+    assert media_type_of("heic") == media_type_of("avif") == "image"
     with pytest.raises(ValueError):
-        media_type_of("heic")
+        media_type_of("tiff")
 
 
 def test_animated_gif_is_video(quadrants: np.ndarray) -> None:
@@ -148,8 +156,12 @@ def test_refused_formats_are_named() -> None:
     assert describe_unknown(b"II*\x00" + bytes(60)) == "a TIFF image"
     assert describe_unknown(bytes(64)) == "an unrecognised binary file"  # NULs are not text
     assert describe_unknown(b"MM\x00*" + bytes(60)) == "a TIFF image"
-    assert describe_unknown(b"\x00\x00\x00\x1cftypavif" + bytes(50)).startswith("a HEIF/AVIF image")
-    assert describe_unknown(b"\x00\x00\x00\x18ftypheic" + bytes(50)).startswith("a HEIF/AVIF image")
+    assert describe_unknown(b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1jpeg" + bytes(40)) == (
+        "a HEIF image of another codec, brand 'mif1'"
+    )
+    assert describe_unknown(b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom" + bytes(40)) == (
+        "a Canon CR3 raw photo"
+    )
 
 
 def test_is_animated_gif_reads_no_pixels() -> None:

@@ -133,8 +133,8 @@ def build_corpus(dest: Path, picture: np.ndarray, max_upload_bytes: int) -> list
         "ico.png": b"\x00\x00\x01\x00\x01\x00\x10\x10" + bytes(64),
         "jp2.jpg": b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(64),
         "psd.png": b"8BPS\x00\x01" + bytes(64),
-        "heic.jpg": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64),
-        "avif.png": b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(64),
+        "cr3.jpg": b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom" + bytes(64),
+        "heif-jpeg-tiles.jpg": b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1jpeg" + bytes(64),
         "riff-wav.mp4": b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64),
         "zip-renamed.mp4": mf.zip_bytes({"a.mp4": b"\x00" * 100}),
     }.items():
@@ -148,6 +148,8 @@ def build_corpus(dest: Path, picture: np.ndarray, max_upload_bytes: int) -> list
         "webp-magic-garbage.webp": b"RIFF\x00\x10\x00\x00WEBPVP8 " + bytes(200),
         "png-bad-crc.png": png_bad_crc(png),
         "mp4-ftyp-garbage.mp4": b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(500),
+        "heic-ftyp-garbage.jpg": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64),
+        "avif-ftyp-garbage.png": b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(64),
         "ebml-garbage.webm": b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01webm" + bytes(500),
         "avi-garbage.avi": b"RIFF\x00\x10\x00\x00AVI LIST" + bytes(500),
     }.items():
@@ -156,6 +158,9 @@ def build_corpus(dest: Path, picture: np.ndarray, max_upload_bytes: int) -> list
     # Absurd dimensions, refused from the header before decoding.
     add("png-header-100000x1.png", png_with_header(100_000, 1), 422, "media_too_large", "too_large")
     add("jpeg-sof-65000x65000.jpg", jpeg_with_size(jpeg, 65000, 65000), 422, "media_too_large", "too_large")
+    for fmt in ("heic", "avif"):
+        lying = mf.set_bmff_image_size(mf.encode_image(small, fmt), 30000, 30000)
+        add(f"{fmt}-ispe-30000x30000.{fmt}", lying, 422, "media_too_large", "too_large")
     add("bmp-header-30000x30000.bmp", bmp_with_header(30000, 30000), 422, "media_too_large", "too_large")
 
     # Edge cases that decode: answered (no face), not refused.

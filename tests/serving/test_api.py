@@ -81,7 +81,7 @@ def test_image_is_analysed(live: LiveServer, face_jpeg: bytes) -> None:
     assert live.wait_no_leftovers() == []
 
 
-@pytest.mark.parametrize("fmt", ["png", "webp", "bmp", "gif"])
+@pytest.mark.parametrize("fmt", ["png", "webp", "bmp", "gif", "avif", "heic"])
 def test_other_image_formats(live: LiveServer, astronaut: np.ndarray, fmt: str) -> None:
     data = mf.encode_image(np.ascontiguousarray(astronaut[20:180, 140:300]), fmt)
     with live.client() as c:

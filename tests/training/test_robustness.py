@@ -13,9 +13,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from detector.media import SNIFF_BYTES, sniff
 from tests.training.conftest import train_cli
 from training.cards import list_items, load_card
-from training.robustness import DEGRADATIONS, box_stability, moved_boxes, quality_shift
+from training.robustness import (
+    CODECS,
+    DEGRADATIONS,
+    _Recoded,
+    box_stability,
+    encode_photo,
+    moved_boxes,
+    quality_shift,
+)
 
 
 @given(st.floats(0, 1000), st.floats(0, 1000), st.floats(4, 500), st.floats(4, 500), st.floats(0.001, 0.25))
@@ -118,6 +127,25 @@ def test_quality_shift_on_a_split(trained_run: Path, face_corpus: tuple[Path, Pa
     assert all(row[k]["too_small"] >= 0 for row in sized["face_sizes"].values() for k in ("real", "fake"))
     with pytest.raises(ValueError, match="min_face_size"):
         quality_shift(trained_run / "model.onnx", card, root, split="test", face_sizes=(8,))
+    coded = quality_shift(trained_run / "model.onnx", card, root, split="test", frames=2, max_real=2,
+                          codecs=("heic80", "avif80", "jpeg90", "avif80"))
+    assert list(coded["degradations"]) == ["original", *DEGRADATIONS, "heic80", "avif80", "jpeg90"]
+    assert coded["degradations"]["original"] == report["degradations"]["original"]
+    for name in ("heic80", "avif80", "jpeg90"):
+        assert 0.0 < coded["degradations"][name]["bits_per_pixel"] < 24.0, name
+    assert "bits_per_pixel" not in coded["degradations"]["jpeg30"]
+    with pytest.raises(ValueError, match="unknown codec.*webp"):
+        quality_shift(trained_run / "model.onnx", card, root, split="test", codecs=("webp",))
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_phone_codecs_round_trip_through_the_upload_decoder(name: str, astronaut: np.ndarray) -> None:
+    fmt, quality = CODECS[name]
+    data = encode_photo(astronaut, fmt, quality)
+    assert sniff(data[:SNIFF_BYTES]) == fmt
+    back = _Recoded(fmt, quality)(astronaut)
+    assert back.shape == astronaut.shape and back.dtype == np.uint8
+    assert 0.0 < np.abs(back.astype(int) - astronaut).mean() < 8.0  # lossy, but the same photo
 
 
 def test_cli_degrade_and_errors(trained_run: Path, face_corpus: tuple[Path, Path]) -> None:
@@ -131,6 +159,11 @@ def test_cli_degrade_and_errors(trained_run: Path, face_corpus: tuple[Path, Path
     res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--frames", "1",
                                       "--max-real", "1", "--face-size", "48"])
     assert res.exit_code == 0 and list(json.loads(res.stdout)["face_sizes"]) == ["48"], res.output
+    res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--frames", "1",
+                                      "--max-real", "1", "--codec", "avif80"])
+    assert res.exit_code == 0 and "avif80" in json.loads(res.stdout)["degradations"], res.output
+    res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--codec", "png"])
+    assert res.exit_code == 2 and "unknown codec" in res.output
     res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--face-size", "5"])
     assert res.exit_code == 2 and "--face-size" in res.output
     res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--max-real", "0"])
