@@ -130,13 +130,13 @@ def trailing_warning(kind: str | None, data: bytes | None = None, path: Path | N
     (:func:`detector.container.trailing_bytes`), or whose structure was too fragmented to
     check; None otherwise."""
     extra = trailing_bytes(kind, data=data, path=path) if kind else None
-    name = "MP4/MOV" if kind == "mp4" else str(kind).upper()
+    name = {"mp4": "MP4/MOV", "webm": "WebM", "mkv": "Matroska"}.get(str(kind), str(kind).upper())
     if extra == UNCHECKED:
         return (f"this {name} file has over {MAX_STEPS:,} structures (segments, chunks, blocks or boxes): "
                 "whether bytes were appended after its data was not checked")
     if not extra:
         return None
-    example = "another file appended" if kind in ("mp4", "avi", "avif", "heic") else (
+    example = "another file appended" if kind in ("mp4", "avi", "avif", "heic", "webm", "mkv") else (
         "a phone's motion-photo video, or another file appended")
     return (
         f"{extra:,} bytes follow the end of the {name} data ({example}): the SHA-256 covers them, "

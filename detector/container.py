@@ -5,10 +5,10 @@ a phone's motion-photo video after a JPEG, a second file concatenated to the fir
 hidden archive. The SHA-256 covers those bytes, the verdict does not, so an investigator
 must be told. :func:`trailing_bytes` walks the container's structure (JPEG markers, PNG
 chunks, GIF blocks, RIFF chunks of WebP and AVI, top-level ISO BMFF boxes of MP4/MOV, HEIC and
-AVIF) and returns how
-many bytes follow its end. Formats it cannot walk (BMP, whose size field writers often leave
-at 0; Matroska/WebM) and files that break off before their end (reported as cut elsewhere)
-give None.
+AVIF, top-level EBML elements of Matroska/WebM) and returns how many bytes follow its end.
+Formats it cannot walk (BMP, whose size field writers often leave at 0), Matroska/WebM whose
+segment size is left unknown (live recordings, such as a browser's MediaRecorder writes) and
+files that break off before their end (reported as cut elsewhere) give None.
 """
 
 from __future__ import annotations
@@ -79,7 +79,10 @@ def trailing_bytes(
 
 def _walk(kind: str, buf: bytes | mmap.mmap) -> int | None:
     """``buf``: the whole file (indexing gives ints, slicing bytes)."""
-    end = {"jpeg": _jpeg_end, "png": _png_end, "gif": _gif_end, "webp": _riff_end}.get(kind)
+    end = {
+        "jpeg": _jpeg_end, "png": _png_end, "gif": _gif_end, "webp": _riff_end, "webm": _ebml_end,
+        "mkv": _ebml_end,
+    }.get(kind)
     if end is None:
         if kind in _BOX_WALKED:
             return _walk_file(kind, io.BytesIO(buf), len(buf))
@@ -171,6 +174,55 @@ def _gif_end(buf: bytes | mmap.mmap) -> int | None:
             pos += 1 + size
             if size == 0:
                 break
+    raise _TooMany
+
+
+_EBML_HEADER = b"\x1a\x45\xdf\xa3"
+_EBML_SEGMENT = b"\x18\x53\x80\x67"
+_EBML_VOID = 0xEC
+
+
+def _ebml_size(buf: bytes | mmap.mmap, pos: int) -> tuple[int | None, int]:
+    """An EBML element size (a variable-length integer) at ``pos``: (value, bytes taken); the
+    value is None when the size is left unknown (all value bits set). IndexError past the end."""
+    first = buf[pos]
+    if first == 0:
+        raise ValueError("not an EBML size")
+    length = 9 - first.bit_length()
+    raw = bytes(buf[pos : pos + length])
+    if len(raw) < length:
+        raise IndexError("cut EBML size")
+    value = int.from_bytes(raw, "big") & ((1 << (7 * length)) - 1)
+    return (None if value == (1 << (7 * length)) - 1 else value), length
+
+
+def _ebml_end(buf: bytes | mmap.mmap) -> int | None:
+    """Matroska/WebM: the EBML header, then Segments (Void elements allowed between them). A
+    second EBML header starts another file appended to this one; anything else after a whole
+    Segment is appended; a Segment of unknown size (live recordings) ends nowhere: None."""
+    if bytes(buf[:4]) != _EBML_HEADER:
+        return None
+    pos = 0
+    for _ in range(MAX_STEPS):
+        if pos == len(buf):
+            return pos
+        ident = bytes(buf[pos : pos + 4])
+        if pos == 0 or ident == _EBML_SEGMENT:
+            head = 4
+        elif buf[pos] == _EBML_VOID:
+            head = 1
+        else:
+            return pos  # another file's EBML header, or bytes that are no element at all
+        try:
+            size, taken = _ebml_size(buf, pos + head)
+        except (ValueError, IndexError):
+            return None if ident == _EBML_SEGMENT else pos
+        if size is None:
+            return None
+        end = pos + head + taken + size
+        if end > len(buf):
+            return None  # a cut file
+        pos = end
     raise _TooMany
 
 

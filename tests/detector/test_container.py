@@ -70,8 +70,10 @@ def test_videos_end_where_their_container_ends(tmp_path: Path, picture: np.ndarr
     mp4 = mf.write_video(tmp_path / "a.mp4", n_frames=6, size=(96, 64))
     faststart = mf.write_video(tmp_path / "b.mp4", n_frames=6, size=(96, 64), faststart=True)
     avi = mf.write_mjpeg_avi(tmp_path / "c.avi", [picture] * 3)
-    for path in (mp4, faststart, avi):
-        kind = "avi" if path.suffix == ".avi" else "mp4"
+    mkv = mf.write_video(tmp_path / "d.mkv", n_frames=3, size=(96, 64))
+    webm = mf.write_video(tmp_path / "e.webm", n_frames=3, size=(96, 64), codec="libvpx-vp9")
+    for path in (mp4, faststart, avi, mkv, webm):
+        kind = {".avi": "avi", ".mkv": "mkv", ".webm": "webm"}.get(path.suffix, "mp4")
         data = path.read_bytes()
         assert trailing_bytes(kind, path=path) == 0 == trailing_bytes(kind, data), path
         joined = tmp_path / f"joined{path.suffix}"
@@ -88,8 +90,14 @@ def test_videos_end_where_their_container_ends(tmp_path: Path, picture: np.ndarr
     # fewer than 8 bytes after the last box: a cut box header as likely as appended bytes
     joined.write_bytes(mp4.read_bytes() + b"\0\0\0\x10m")
     assert trailing_bytes("mp4", path=joined) is None
-    mkv = mf.write_video(tmp_path / "d.mkv", n_frames=3, size=(96, 64))
-    assert trailing_bytes("mkv", path=mkv) is None
+    # Matroska: a Void element after the Segment belongs to the file; a Segment whose size is
+    # left unknown (a live recording) ends nowhere: unknown, never a guess
+    data = mkv.read_bytes()
+    assert trailing_bytes("mkv", data + b"\xec\x84" + bytes(4)) == 0
+    at = data.index(b"\x18\x53\x80\x67") + 4
+    assert data[at] == 0x01  # an 8-byte size
+    live = data[:at] + b"\x01" + b"\xff" * 7 + data[at + 8 :]
+    assert trailing_bytes("mkv", live) is None and trailing_bytes("mkv", live + APPENDED) is None
     assert trailing_bytes("mp4", path=tmp_path / "missing.mp4") is None
 
 
@@ -111,6 +119,11 @@ def test_analysis_warns_about_appended_bytes(analyzer: Analyzer, picture: np.nda
     assert appended.warnings == [*plain.warnings, appended.warnings[-1]]
     expected = f"{len(APPENDED):,} bytes follow the end of the MP4/MOV data (another file appended)"
     assert appended.warnings[-1].startswith(expected)
+    webm = mf.write_video(tmp_path / "v.webm", 4, (128, 128), codec="libvpx-vp9", draw=astronaut)
+    webm.write_bytes(webm.read_bytes() + APPENDED)
+    appended = analyzer.analyze_path(webm, sampling=Sampling("count", 2))
+    expected = f"{len(APPENDED):,} bytes follow the end of the WebM data (another file appended)"
+    assert appended.status in ("ok", "no_face") and appended.warnings[-1].startswith(expected)
 
 
 def test_too_many_structures_are_not_passed_as_checked(monkeypatch: pytest.MonkeyPatch, picture: np.ndarray,
