@@ -370,10 +370,15 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
         return _to_rgb(_upright(im))
 
 
+_ORIENTATION = 0x0112  # the EXIF Orientation tag, which ImageOps.exif_transpose reads
+
+
 def _upright(im: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag; a malformed EXIF block leaves the image as stored."""
     try:
         with _metadata_quiet():
+            if im.getexif().get(_ORIENTATION, 1) == 1:
+                return im  # upright already: exif_transpose would only copy it (37 ms for 12 MP)
             out = ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF must not make a decodable image unreadable
         return im
