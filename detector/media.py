@@ -48,6 +48,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from detector._heif import HeifStructureError, check_heif
 from detector.schema import Status
 
 #: Bytes of a file's start that :func:`sniff` needs (it looks at no more than this).
@@ -71,9 +72,9 @@ _PLUGINS: dict[str, type[ImageFile.ImageFile]] = {
 #: generic HEIF structure brands (the codec is then named among the compatible brands), and
 #: others that are refused (Canon CR3 raw photos).
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
-_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"})
-_HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"miaf", b"mif2"})
-_IMAGE_BRANDS = _AVIF_BRANDS | _HEIC_BRANDS | _HEIF_BRANDS | {b"crx "}
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"miaf", b"mif2", b"MiHE", b"MiHA", b"MiHB"})
+_IMAGE_BRANDS = _AVIF_BRANDS | _HEIC_BRANDS | _HEIF_BRANDS | {b"crx ", b"jpeg", b"avci", b"vvic"}
 #: First box types of old QuickTime files that have no ``ftyp`` box.
 _QT_BOXES = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
 #: Sizes of the BMP DIB headers Pillow reads (core, info, v2..v5).
@@ -273,6 +274,7 @@ def _plugin(kind: str) -> type[ImageFile.ImageFile]:
         return AvifImagePlugin.AvifImageFile
     if kind == "heic":
         try:
+            import _pillow_heif  # noqa: F401  (the compiled part: as_plugin imports it only when opening)
             from pillow_heif.as_plugin import HeifImageFile
         except ImportError as exc:
             raise MediaError(
@@ -282,20 +284,6 @@ def _plugin(kind: str) -> type[ImageFile.ImageFile]:
             ) from exc
         return HeifImageFile
     return _PLUGINS[kind]
-
-
-def _declared_too_large(data: bytes, max_pixels: int, max_side: int) -> tuple[int, int] | None:
-    """The first ``ispe`` (image size) property of a HEIF/AVIF file over the caps, if any.
-
-    Used when the decoder's own parser refuses the header (libavif rejects sizes over its
-    own limit): such a file is ``too_large``, not ``unreadable``."""
-    at = data.find(b"ispe")
-    while at != -1 and at + 16 <= len(data):
-        width, height = struct.unpack_from(">II", data, at + 8)
-        if width * height > max_pixels or max(width, height) > max_side:
-            return width, height
-        at = data.find(b"ispe", at + 4)
-    return None
 
 
 def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 20_000) -> np.ndarray:
@@ -326,17 +314,15 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
     if kind not in IMAGE_KINDS:
         raise MediaError(Status.unsupported, f"this is a {kind} video, not a still image")
     plugin = _plugin(kind)
+    if kind in ("avif", "heic"):  # the decoders trust the file's boxes: check them first
+        try:
+            check_heif(data, max_pixels, max_side)
+        except HeifStructureError as exc:
+            raise MediaError(exc.status, f"{kind} file refused: {exc}") from exc
     try:
         with _metadata_quiet():
             im = plugin(io.BytesIO(data))
     except Exception as exc:  # Pillow plugins raise SyntaxError, OSError, struct.error, ...
-        big = _declared_too_large(data, max_pixels, max_side) if kind in ("avif", "heic") else None
-        if big is not None:
-            raise MediaError(
-                Status.too_large,
-                f"{kind} image of {big[0]}x{big[1]} pixels exceeds the limit "
-                f"({max_pixels:,} pixels, {max_side} per side); refused before decoding",
-            ) from exc
         raise MediaError(Status.unreadable, f"corrupt {kind} header: {exc}") from exc
     with im:
         width, height = im.size
@@ -367,7 +353,14 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, max_side: int = 2
             raise MediaError(Status.too_large, f"not enough memory to decode this {kind} image") from exc
         except Exception as exc:  # truncated data, bad compressed stream, broken chunks
             raise MediaError(Status.unreadable, f"{kind} image cannot be decoded: {exc}") from exc
-        return _to_rgb(_upright(im))
+        if kind in ("avif", "heic"):
+            # HEIF turns pictures by its irot/imir properties only (the decoders give them as
+            # EXIF orientation); Pillow's getexif would also take an orientation from XMP
+            im.info.pop("xmp", None)
+        try:
+            return _to_rgb(_upright(im))
+        except MemoryError as exc:
+            raise MediaError(Status.too_large, f"not enough memory to convert this {kind} image") from exc
 
 
 _ORIENTATION = 0x0112  # the EXIF Orientation tag, which ImageOps.exif_transpose reads
@@ -385,6 +378,9 @@ def _upright(im: Image.Image) -> Image.Image:
     return im if out is None else out
 
 
+_ALPHA_ROWS = 256
+
+
 def _to_rgb(im: Image.Image) -> np.ndarray:
     """``H x W x 3`` uint8 RGB; alpha composited over white."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -397,10 +393,14 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         im.mode == "P" and "transparency" in im.info
     ) or (im.mode in ("L", "RGB") and "transparency" in im.info)
     if has_alpha:
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
-        alpha = rgba[:, :, 3:4] / 255.0
-        out = rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
-        return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+        rgba = np.asarray(im.convert("RGBA"))
+        out = np.empty(rgba.shape[:2] + (3,), np.uint8)
+        for top in range(0, len(rgba), _ALPHA_ROWS):  # in blocks: float copies of 50 MP took 2.9 GB
+            block = rgba[top : top + _ALPHA_ROWS].astype(np.float32)
+            alpha = block[:, :, 3:4] / 255.0
+            mixed = block[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
+            out[top : top + _ALPHA_ROWS] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+        return out
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.array(im, dtype=np.uint8, copy=True)

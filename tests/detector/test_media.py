@@ -77,6 +77,9 @@ def test_sniff_images(fmt: str, quadrants: np.ndarray) -> None:
         (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1jpeg", None),  # HEIF of JPEG tiles
         (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1mif1", None),  # no codec named
         (b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom", None),  # Canon CR3 raw
+        (b"\x00\x00\x00\x18ftyphevm\x00\x00\x00\x00msf1hevm", "heic"),  # HEVC image sequence
+        (b"\x00\x00\x00\x18ftypMiHE\x00\x00\x00\x00MiHEheic", "heic"),
+        (b"\x00\x00\x00\x18ftypjpeg\x00\x00\x00\x00jpegmif1", None),  # HEIF of JPEG, not a video
         (b"\x00\x00\x00\x10ftypmif1\x00\x00\x00\x00avifheic", None),  # brands after the box
         (b"RIFF\x10\x00\x00\x00AVI LIST", "avi"),
         (b"RIFF\x10\x00\x00\x00WAVEfmt ", None),  # audio

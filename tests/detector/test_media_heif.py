@@ -7,6 +7,7 @@ pillow-heif's x265 encoder.
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 import time
@@ -138,11 +139,10 @@ def test_pillow_registry_untouched(tmp_path: Path, quadrants: np.ndarray) -> Non
     assert out.stdout.split() == ["(64,", "96,", "3)", "False"]
 
 
-def test_heic_without_pillow_heif_is_unsupported(tmp_path: Path, quadrants: np.ndarray) -> None:
-    """A core install (no ``heic`` extra): a clear ``unsupported`` naming the extra, no crash."""
-    path = mf.write_image(tmp_path / "photo.heic", quadrants, "heic")
+def _refusal_without(module: str, path: Path) -> tuple[str, str]:
+    """(status, message) of decoding ``path`` in a fresh Python where ``module`` cannot be imported."""
     code = (
-        "import sys; sys.modules['pillow_heif'] = None\n"
+        f"import sys; sys.modules[{module!r}] = None\n"
         "from detector.media import MediaError, decode_image\n"
         "try:\n"
         f"    decode_image(open({str(path)!r}, 'rb').read())\n"
@@ -151,6 +151,14 @@ def test_heic_without_pillow_heif_is_unsupported(tmp_path: Path, quadrants: np.n
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     status, message = out.stdout.strip().split(" | ")
+    return status, message
+
+
+@pytest.mark.parametrize("module", ["pillow_heif", "_pillow_heif"])
+def test_heic_without_pillow_heif_is_unsupported(module: str, tmp_path: Path, quadrants: np.ndarray) -> None:
+    """A core install (no ``heic`` extra), or a broken one: a clear ``unsupported`` naming the
+    extra, no crash."""
+    status, message = _refusal_without(module, mf.write_image(tmp_path / "photo.heic", quadrants, "heic"))
     assert status == "unsupported"
     assert "facetrust[heic]" in message and "pillow-heif" in message
 
@@ -163,3 +171,156 @@ def test_appended_bytes_found(fmt: str, quadrants: np.ndarray) -> None:
     assert trailing_bytes(fmt, data + archive) == len(archive)
     assert trailing_bytes(fmt, data + data) == len(data)  # a second file: its ftyp
     assert trailing_bytes(fmt, data[:-10]) is None  # cut: reported as unreadable, not appended
+
+
+# -- structure checks made before decoding (detector._heif), from an audit's reproducers ----------
+@pytest.fixture(scope="module")
+def grid_heic(astronaut: np.ndarray) -> bytes:
+    """A 1024 x 1024 HEIC stored as a grid of four 512 px tiles, as iPhones store photos."""
+    import pillow_heif
+
+    big = np.ascontiguousarray(np.kron(astronaut, np.ones((2, 2, 1), np.uint8)))
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(Image.fromarray(big)).save(buf, quality=80, tile_size=512)
+    data = buf.getvalue()
+    assert b"grid" in data and decode_image(data).shape == (1024, 1024, 3)
+    return data
+
+
+def _top_boxes(data: bytes) -> dict[bytes, tuple[int, int]]:
+    from detector._heif import _boxes
+
+    return {kind: (at, stop) for kind, at, stop in _boxes(data, 0, len(data))}
+
+
+def test_cut_grid_photo_is_never_analysed(grid_heic: bytes) -> None:
+    """libheif fills the tiles of a cut grid photo with a flat colour and reports nothing: the
+    item locations are checked against the file's length first."""
+    for keep in np.linspace(0.05, 0.9999, 40):
+        cut = grid_heic[: int(len(grid_heic) * keep)]
+        assert status_of(cut) == "unreadable", keep
+    # the same with the mdat box's own size shortened to match: only the item locations tell
+    at, stop = _top_boxes(grid_heic)[b"mdat"]
+    assert stop == len(grid_heic)
+    cut = bytearray(grid_heic[:-1000])
+    struct.pack_into(">I", cut, at - 8, struct.unpack_from(">I", cut, at - 8)[0] - 1000)
+    with pytest.raises(MediaError, match="runs past the end of the file"):
+        decode_image(bytes(cut))
+
+
+def test_second_meta_box_refused(grid_heic: bytes, quadrants: np.ndarray) -> None:
+    """libheif shows the last top-level meta box: appended boxes must not replace the picture."""
+    for data in (grid_heic, mf.encode_image(quadrants, "heic")):
+        at, stop = _top_boxes(data)[b"meta"]
+        with pytest.raises(MediaError, match="2 top-level meta boxes") as info:
+            decode_image(data + data[at - 8 : stop])
+        assert info.value.status == Status.unreadable
+
+
+def _patch_grid(data: bytes, width: int, height: int) -> bytes:
+    """The grid description (in the idat box) declaring a ``width`` x ``height`` canvas."""
+    at, _ = _top_boxes(data)[b"meta"]
+    idat = data.index(b"idat", at) + 4
+    out = bytearray(data)
+    assert out[idat + 1] & 1 == 0  # 16-bit sizes
+    struct.pack_into(">HH", out, idat + 4, width, height)
+    return bytes(out)
+
+
+def test_grid_canvas_and_tiles_checked_before_decoding(grid_heic: bytes) -> None:
+    t = time.perf_counter()
+    with pytest.raises(MediaError, match="a grid canvas of 40000x40000") as info:
+        decode_image(_patch_grid(grid_heic, 40000, 40000))
+    assert info.value.status == Status.too_large and time.perf_counter() - t < 1.0
+    # a small canvas over tiles that add up to far more (here, caps lowered to 300,000 pixels)
+    small = bytearray(_patch_grid(grid_heic, 256, 256))
+    first_ispe = small.index(b"ispe")  # the grid's own (its tiles' follow): 256 x 256 too
+    assert struct.unpack_from(">II", small, first_ispe + 8) == (1024, 1024)
+    struct.pack_into(">II", small, first_ispe + 8, 256, 256)
+    small = bytes(small)
+    with pytest.raises(MediaError, match="tiles of this picture add up") as info:
+        decode_image(small, max_pixels=300_000)
+    assert info.value.status == Status.too_large
+    assert decode_image(grid_heic, max_pixels=1024 * 1024).shape == (1024, 1024, 3)
+
+
+def test_av1_coded_size_checked_whatever_ispe_says(quadrants: np.ndarray) -> None:
+    """libavif decodes the coded AV1 frame and scales it to ispe: the sequence header is read."""
+    big = np.ascontiguousarray(np.kron(quadrants, np.ones((20, 20, 1), np.uint8)))  # 1920 x 1280
+    data = mf.encode_image(big, "avif", quality=30)
+    assert decode_image(data, max_pixels=2_500_000).shape == (1280, 1920, 3)
+    lying = mf.set_bmff_image_size(data, 64, 64)
+    with pytest.raises(MediaError, match="AV1 coded frame of 1920x1280") as info:
+        decode_image(lying, max_pixels=1_000_000)
+    assert info.value.status == Status.too_large
+    with pytest.raises(MediaError, match="1920x1280"):
+        decode_image(lying, max_side=1919)
+
+
+def _sequence_header(width: int, height: int, *, reduced: bool, timing: bool, points: int) -> bytes:
+    """An AV1 Sequence Header OBU (spec 5.5) written bit by bit."""
+    bits: list[int] = []
+
+    def put(value: int, n: int) -> None:
+        bits.extend((value >> (n - 1 - i)) & 1 for i in range(n))
+
+    put(0, 3), put(1, 1), put(int(reduced), 1)
+    if reduced:
+        put(31, 5)
+    else:
+        put(int(timing), 1)
+        if timing:
+            put(1, 32), put(30, 32), put(1, 1), put(0b00101, 5)  # uvlc(4): 00 1 01
+            put(1, 1)  # decoder_model_info_present
+            put(9, 5), put(1, 32), put(31, 5), put(31, 5)  # buffer delays of 10 bits
+        put(1, 1)  # initial_display_delay_present
+        put(points - 1, 5)
+        for k in range(points):
+            put(k, 12), put(9 if k else 4, 5)
+            if k:
+                put(1, 1)  # seq_tier (level > 7)
+            if timing:
+                put(1, 1), put(5, 10), put(6, 10), put(0, 1)
+            put(1, 1), put(3, 4)
+    put(15, 4), put(15, 4), put(width - 1, 16), put(height - 1, 16)
+    bits += [1] + [0] * (-(len(bits) + 1) % 8)  # trailing bits
+    payload = bytes(int("".join(map(str, bits[i : i + 8])), 2) for i in range(0, len(bits), 8))
+    delimiter = bytes([0b00010010, 0])  # a temporal delimiter OBU first, with its size
+    return delimiter + bytes([0b00001010, len(payload)]) + payload
+
+
+@pytest.mark.parametrize("reduced, timing, points", [(True, False, 1), (False, False, 1), (False, True, 3)])
+def test_av1_sequence_header_sizes(reduced: bool, timing: bool, points: int) -> None:
+    from detector._heif import av1_max_frame_size
+
+    header = _sequence_header(40000, 123, reduced=reduced, timing=timing, points=points)
+    assert av1_max_frame_size(header) == (40000, 123)
+    assert av1_max_frame_size(bytes([0b00010010, 0]) * 4) is None  # no sequence header
+
+
+def test_avif_orientation_from_xmp_is_ignored(quadrants: np.ndarray) -> None:
+    """HEIF pictures turn by irot/imir only (HEIC ignores XMP too); Pillow's getexif would read an
+    XMP tiff:Orientation."""
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+           b"</rdf:RDF></x:xmpmeta>")
+    data = mf.encode_image(quadrants, "avif", quality=95, xmp=xmp)
+    assert b'tiff:Orientation="6"' in data
+    out = decode_image(data)
+    assert out.shape == quadrants.shape and np.abs(out.astype(int) - quadrants).mean() < 8
+
+
+def test_looping_grid_references_end(grid_heic: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid made of itself: followed to a bounded depth and a bounded number of references."""
+    from detector import _heif
+
+    data = bytearray(grid_heic)
+    dimg = data.index(b"dimg")
+    assert struct.unpack_from(">HH4H", data, dimg + 4) == (1, 4, 2, 3, 4, 5)
+    struct.pack_into(">4H", data, dimg + 8, 1, 1, 1, 1)
+    t = time.perf_counter()
+    assert status_of(bytes(data)) == "unreadable"  # libheif refuses the loop
+    assert time.perf_counter() - t < 2.0
+    monkeypatch.setattr(_heif, "MAX_VISITS", 100)
+    with pytest.raises(MediaError, match="over 100 derived picture references"):
+        decode_image(bytes(data))
