@@ -79,6 +79,25 @@ def test_model_input_normalises_to_nchw() -> None:
     assert np.allclose(x[0], -1.0) and np.allclose(x[1], 1.0)
 
 
+
+@given(
+    st.lists(st.floats(-2, 2, width=32), min_size=3, max_size=3),
+    st.lists(st.floats(0.0625, 3, width=32), min_size=3, max_size=3),
+    st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=40, deadline=None)
+def test_model_input_table_is_the_formula_bit_for_bit(mean, std, seed) -> None:
+    """The per-level table gives exactly ``(crops / 255 - mean) / std`` in float32, channel first."""
+    crops = np.random.default_rng(seed).integers(0, 256, (3, 9, 7, 3), dtype=np.uint8)
+    x = to_model_input(crops, mean, std)
+    ref = crops.astype(np.float32) * np.float32(1.0 / 255.0)
+    ref = (ref - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    ref = ref.transpose(0, 3, 1, 2)
+    assert x.shape == (3, 3, 9, 7) and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable
+    np.testing.assert_array_equal(x, ref)
+    np.testing.assert_array_equal(to_model_input(crops.astype(np.float64), mean, std), ref)  # not uint8
+
+
 @given(boxes)
 @settings(max_examples=50, deadline=None)
 def test_view_boxes_move_by_the_shift_of_the_longer_side(box) -> None:
