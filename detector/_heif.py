@@ -52,6 +52,7 @@ class _Item:
     extents: list[tuple[int, int]] = field(default_factory=list)  # (offset, length)
     size: tuple[int, int] | None = None  # ispe
     refs: list[int] = field(default_factory=list)  # dimg: the pictures it is derived from
+    coded: tuple[int, int] | None = None  # an AV1 item's coded frame size
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -79,82 +80,95 @@ def _uint(data: bytes, pos: int, size: int) -> int:
     return int.from_bytes(data[pos : pos + size], "big") if size else 0
 
 
-def _parse_iloc(data: bytes, pos: int, end: int, items: dict[int, _Item]) -> None:
-    version = data[pos]
-    offset_size, length_size = data[pos + 4] >> 4, data[pos + 4] & 15
-    base_size, index_size = data[pos + 5] >> 4, (data[pos + 5] & 15) if version in (1, 2) else 0
+def _parse_iloc(box: bytes, items: dict[int, _Item]) -> None:
+    """``box``: the iloc payload (reads past it raise IndexError)."""
+    version = box[0]
+    offset_size, length_size = box[4] >> 4, box[4] & 15
+    base_size, index_size = box[5] >> 4, (box[5] & 15) if version in (1, 2) else 0
     id_size = 2 if version < 2 else 4
-    count, pos = _uint(data, pos + 6, id_size), pos + 6 + id_size
+    per_extent = index_size + offset_size + length_size
+    count, pos = _uint(box, 6, id_size), 6 + id_size
     for _ in range(count):
-        item = items.setdefault(_uint(data, pos, id_size), _Item())
+        item = items.setdefault(_uint(box, pos, id_size), _Item())
         pos += id_size
         if version in (1, 2):
-            item.method = _uint(data, pos, 2) & 15
+            item.method = _uint(box, pos, 2) & 15
             pos += 2
         pos += 2  # data_reference_index
-        item.base, pos = _uint(data, pos, base_size), pos + base_size
-        extents, pos = _uint(data, pos, 2), pos + 2
+        item.base, pos = _uint(box, pos, base_size), pos + base_size
+        extents, pos = _uint(box, pos, 2), pos + 2
+        if pos + extents * per_extent > len(box):
+            raise IndexError("iloc extents run past the box")
+        if per_extent == 0:  # offset and length 0 in every extent: one is enough
+            extents = min(extents, 1)
         for _ in range(extents):
             pos += index_size
-            offset, pos = _uint(data, pos, offset_size), pos + offset_size
-            length, pos = _uint(data, pos, length_size), pos + length_size
+            offset, pos = _uint(box, pos, offset_size), pos + offset_size
+            length, pos = _uint(box, pos, length_size), pos + length_size
             item.extents.append((offset, length))
-        if pos > end:
-            raise IndexError("iloc runs past its box")
 
 
-def _parse_iinf(data: bytes, pos: int, end: int, items: dict[int, _Item]) -> None:
-    pos += 4 + (2 if data[pos] == 0 else 4)
-    for kind, at, _ in _boxes(data, pos, end):
-        if kind == b"infe" and data[at] >= 2:
-            id_size = 2 if data[at] == 2 else 4
-            item_id = _uint(data, at + 4, id_size)
-            items.setdefault(item_id, _Item()).type = data[at + 4 + id_size + 2 : at + 4 + id_size + 6]
+def _parse_iinf(box: bytes, items: dict[int, _Item]) -> None:
+    for kind, at, _ in _boxes(box, 4 + (2 if box[0] == 0 else 4), len(box)):
+        if kind == b"infe" and box[at] >= 2:
+            id_size = 2 if box[at] == 2 else 4
+            item_id = _uint(box, at + 4, id_size)
+            items.setdefault(item_id, _Item()).type = box[at + 4 + id_size + 2 : at + 4 + id_size + 6]
 
 
-def _parse_iprp(data: bytes, pos: int, end: int, items: dict[int, _Item]) -> None:
+def _parse_iprp(box: bytes, items: dict[int, _Item]) -> None:
     sizes: list[tuple[int, int] | None] = []
-    for kind, at, stop in _boxes(data, pos, end):
+    for kind, at, stop in _boxes(box, 0, len(box)):
         if kind == b"ipco":
-            for prop, p_at, _ in _boxes(data, at, stop):
-                sizes.append(struct.unpack_from(">II", data, p_at + 4) if prop == b"ispe" else None)
+            for prop, p_at, p_stop in _boxes(box, at, stop):
+                ispe = prop == b"ispe" and p_stop - p_at >= 12
+                sizes.append(struct.unpack_from(">II", box, p_at + 4) if ispe else None)
         elif kind == b"ipma":
-            version, flags = data[at], _uint(data, at + 1, 3)
-            count, p = _uint(data, at + 4, 4), at + 8
+            ipma = box[at:stop]
+            version, wide = ipma[0], _uint(ipma, 1, 3) & 1
+            id_size = 2 if version < 1 else 4
+            count, p = _uint(ipma, 4, 4), 8
+            if p + count * (id_size + 1) > len(ipma):
+                raise IndexError("ipma entries run past the box")
             for _ in range(count):
-                id_size = 2 if version < 1 else 4
-                item = items.setdefault(_uint(data, p, id_size), _Item())
-                n, p = data[p + id_size], p + id_size + 1
+                item = items.setdefault(_uint(ipma, p, id_size), _Item())
+                n, p = ipma[p + id_size], p + id_size + 1
                 for _ in range(n):
-                    wide = flags & 1
-                    index = _uint(data, p, 2 if wide else 1) & (0x7FFF if wide else 0x7F)
+                    index = _uint(ipma, p, 2 if wide else 1) & (0x7FFF if wide else 0x7F)
                     p += 2 if wide else 1
                     if 0 < index <= len(sizes) and sizes[index - 1] is not None:
                         item.size = sizes[index - 1]
 
 
-def _parse_iref(data: bytes, pos: int, end: int, items: dict[int, _Item]) -> None:
-    id_size = 2 if data[pos] == 0 else 4
-    for kind, at, _ in _boxes(data, pos + 4, end):
+def _parse_iref(box: bytes, items: dict[int, _Item]) -> None:
+    id_size = 2 if box[0] == 0 else 4
+    for kind, at, stop in _boxes(box, 4, len(box)):
         if kind != b"dimg":
             continue
-        source = items.setdefault(_uint(data, at, id_size), _Item())
-        count = _uint(data, at + id_size, 2)
-        base = at + id_size + 2
-        source.refs += [_uint(data, base + k * id_size, id_size) for k in range(count)]
+        source = items.setdefault(_uint(box, at, id_size), _Item())
+        count, base = _uint(box, at + id_size, 2), at + id_size + 2
+        if base + count * id_size > stop:
+            raise IndexError("dimg references run past the box")
+        source.refs += [_uint(box, base + k * id_size, id_size) for k in range(count)]
 
 
-def _item_data(data: bytes, item: _Item, idat: tuple[int, int] | None) -> bytes:
-    """The (small) data of a derived item: a grid's or an overlay's description."""
-    if item.method == 1:
-        if idat is None:
-            return b""
-        start = idat[0]
+def _item_data(data: bytes, item: _Item, idat: tuple[int, int] | None, limit: int) -> tuple[bytes, int]:
+    """The first ``limit`` bytes of an item's data (its extents joined, in the file or in idat),
+    and its whole length."""
+    if item.method == 1 and idat is not None:
+        start, stop = idat
     elif item.method == 0:
-        start = 0
+        start, stop = 0, len(data)
     else:
-        return b""
-    return b"".join(data[start + item.base + o : start + item.base + o + n][:64] for o, n in item.extents)
+        return b"", 0
+    parts, total = [], 0
+    for offset, length in item.extents:
+        begin = start + item.base + offset
+        end = stop if length == 0 else min(stop, begin + length)
+        if total < limit:
+            parts.append(data[begin : min(end, begin + limit - total)])
+        total += max(0, end - begin)
+    return b"".join(parts), total
 
 
 def _canvas(description: bytes, kind: bytes) -> tuple[int, int] | None:
@@ -203,10 +217,10 @@ def _leb128(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def av1_max_frame_size(stream: bytes) -> tuple[int, int] | None:
-    """``(max_frame_width, max_frame_height)`` from the Sequence Header OBU among the first OBUs
-    of an AV1 bitstream (AV1 spec 5.5), or None if there is none to read."""
+    """``(max_frame_width, max_frame_height)`` from the first Sequence Header OBU of an AV1
+    bitstream (AV1 spec 5.5), or None if frame data comes first or ``stream`` ends before one."""
     pos = 0
-    for _ in range(4):
+    while pos < len(stream):
         header = stream[pos]
         obu_type, extension, has_size = (header >> 3) & 15, (header >> 2) & 1, (header >> 1) & 1
         pos += 1 + extension
@@ -214,7 +228,9 @@ def av1_max_frame_size(stream: bytes) -> tuple[int, int] | None:
             size, pos = _leb128(stream, pos)
         else:
             size = len(stream) - pos
-        if obu_type != 1:  # not a sequence header: skip it
+        if obu_type in (3, 4, 6):  # frame data before any sequence header: the decoder refuses it
+            return None
+        if obu_type != 1:  # a temporal delimiter, metadata, padding: skip it
             pos += size
             continue
         bits = _Bits(stream[pos : pos + size])
@@ -247,6 +263,9 @@ def av1_max_frame_size(stream: bytes) -> tuple[int, int] | None:
     return None
 
 
+_PARSERS = {b"iloc": _parse_iloc, b"iinf": _parse_iinf, b"iprp": _parse_iprp, b"iref": _parse_iref}
+
+
 def check_heif(data: bytes, max_pixels: int, max_side: int) -> None:
     """Refuse a HEIF/AVIF file from its structure (module docstring); raise
     :class:`HeifStructureError`. Structures it cannot parse are left to the decoder."""
@@ -266,14 +285,8 @@ def check_heif(data: bytes, max_pixels: int, max_side: int) -> None:
         for kind, b_at, b_stop in _boxes(data, at + 4, stop):  # meta is a full box
             if kind == b"pitm":
                 primary = _uint(data, b_at + 4, 2 if data[b_at] == 0 else 4)
-            elif kind == b"iloc":
-                _parse_iloc(data, b_at, b_stop, items)
-            elif kind == b"iinf":
-                _parse_iinf(data, b_at, b_stop, items)
-            elif kind == b"iprp":
-                _parse_iprp(data, b_at, b_stop, items)
-            elif kind == b"iref":
-                _parse_iref(data, b_at, b_stop, items)
+            elif kind in _PARSERS:
+                _PARSERS[kind](data[b_at:b_stop], items)
             elif kind == b"idat":
                 idat = (b_at, b_stop)
     except (IndexError, struct.error):
@@ -288,9 +301,32 @@ def check_heif(data: bytes, max_pixels: int, max_side: int) -> None:
                     f"the data of picture item {item_id} runs past the end of {where} (the file is cut "
                     "or damaged)",
                 )
+    for item in items.values():  # every AV1 picture: libavif also decodes alpha and gain maps
+        if item.type == b"av01":
+            item.coded = _av1_coded_size(data, item, idat, max_pixels, max_side)
     if primary is None or primary not in items:
         return
     _check_size(data, items, primary, idat, max_pixels, max_side, 0, [MAX_VISITS])
+
+
+#: Bytes of an AV1 item searched for its sequence header.
+AV1_HEADER_SEARCH = 65536
+
+
+def _av1_coded_size(data: bytes, item: _Item, idat: tuple[int, int] | None, max_pixels: int,
+                    max_side: int) -> tuple[int, int] | None:
+    head, total = _item_data(data, item, idat, AV1_HEADER_SEARCH)
+    try:
+        coded = av1_max_frame_size(head)
+    except (IndexError, ValueError):
+        coded = None
+    if coded is None and total > AV1_HEADER_SEARCH:
+        raise HeifStructureError(
+            Status.unreadable, f"no AV1 sequence header in the first {AV1_HEADER_SEARCH:,} bytes of a picture"
+        )
+    if coded is not None and (coded[0] * coded[1] > max_pixels or max(coded) > max_side):
+        raise _too_large("an AV1 coded frame", *coded, max_pixels, max_side)
+    return coded
 
 
 def _too_large(what: str, width: int, height: int, max_pixels: int, max_side: int) -> HeifStructureError:
@@ -318,24 +354,13 @@ def _check_size(data: bytes, items: dict[int, _Item], item_id: int, idat: tuple[
         if width * height > max_pixels or max(width, height) > max_side:
             raise _too_large("the picture" if depth == 0 else "a tile", width, height, max_pixels, max_side)
     if item.type in (b"grid", b"iovl"):
-        canvas = _canvas(_item_data(data, item, idat), item.type)
+        canvas = _canvas(_item_data(data, item, idat, 64)[0], item.type)
         if canvas is not None and (canvas[0] * canvas[1] > max_pixels or max(canvas) > max_side):
             name = "a grid" if item.type == b"grid" else "an overlay"
             raise _too_large(f"{name} canvas", *canvas, max_pixels, max_side)
     if not item.refs:
         pixels = item.size[0] * item.size[1] if item.size else 0
-        if item.type == b"av01" and item.method == 0 and item.extents:
-            offset, length = item.extents[0]
-            start = item.base + offset
-            try:
-                coded = av1_max_frame_size(data[start : start + (length or 256)][:256])
-            except (IndexError, ValueError):
-                coded = None
-            if coded is not None:
-                if coded[0] * coded[1] > max_pixels or max(coded) > max_side:
-                    raise _too_large("an AV1 coded frame", *coded, max_pixels, max_side)
-                pixels = max(pixels, coded[0] * coded[1])
-        return pixels
+        return max(pixels, item.coded[0] * item.coded[1]) if item.coded else pixels
     total = 0
     for ref in item.refs:
         total += _check_size(data, items, ref, idat, max_pixels, max_side, depth + 1, budget)

@@ -202,13 +202,16 @@ def _ebml_end(buf: bytes | mmap.mmap) -> int | None:
     Segment is appended; a Segment of unknown size (live recordings) ends nowhere: None."""
     if bytes(buf[:4]) != _EBML_HEADER:
         return None
-    pos = 0
+    pos, segments = 0, 0
     for _ in range(MAX_STEPS):
         if pos == len(buf):
-            return pos
+            return pos if segments else None  # no Segment at all: a cut file
         ident = bytes(buf[pos : pos + 4])
+        if len(ident) < 4 and _EBML_SEGMENT.startswith(ident):
+            return None  # cut inside a Segment's ID
         if pos == 0 or ident == _EBML_SEGMENT:
             head = 4
+            segments += pos > 0
         elif buf[pos] == _EBML_VOID:
             head = 1
         else:
@@ -216,7 +219,7 @@ def _ebml_end(buf: bytes | mmap.mmap) -> int | None:
         try:
             size, taken = _ebml_size(buf, pos + head)
         except (ValueError, IndexError):
-            return None if ident == _EBML_SEGMENT else pos
+            return None if pos == 0 or ident == _EBML_SEGMENT else pos
         if size is None:
             return None
         end = pos + head + taken + size

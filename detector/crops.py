@@ -175,11 +175,15 @@ def to_model_input(crops: np.ndarray, mean: Sequence[float], std: Sequence[float
     Looked up per channel in a table of the 256 levels, written straight in channel-first order
     (4x faster than computing in float and transposing; the same values)."""
     crops = np.asarray(crops)
+    if crops.ndim != 4 or crops.shape[-1] != 3:
+        raise ValueError(f"crops must be [N, S, S, 3], not {list(crops.shape)}")
+    mean = np.broadcast_to(np.asarray(mean, np.float32), (3,))  # ValueError unless 1 or 3 values
+    std = np.broadcast_to(np.asarray(std, np.float32), (3,))
     if crops.dtype != np.uint8:  # not crops: the formula itself
         x = crops.astype(np.float32) * np.float32(1.0 / 255.0)
-        x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+        x = (x - mean) / std
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    table = _levels(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    table = _levels(tuple(mean.tolist()), tuple(std.tolist()))
     n, height, width, _ = crops.shape
     out = np.empty((n, 3, height, width), np.float32)
     for channel in range(3):

@@ -98,6 +98,11 @@ def test_videos_end_where_their_container_ends(tmp_path: Path, picture: np.ndarr
     assert data[at] == 0x01  # an 8-byte size
     live = data[:at] + b"\x01" + b"\xff" * 7 + data[at + 8 :]
     assert trailing_bytes("mkv", live) is None and trailing_bytes("mkv", live + APPENDED) is None
+    # cut right after the EBML header, or inside the Segment's ID; a broken header size: unknown
+    segment = data.index(b"\x18\x53\x80\x67")
+    for cut in (data[:segment], data[: segment + 1], data[: segment + 3]):
+        assert trailing_bytes("mkv", cut) is None, len(cut)
+    assert trailing_bytes("mkv", data[:4] + b"\x00" + data[5:]) is None
     assert trailing_bytes("mp4", path=tmp_path / "missing.mp4") is None
 
 

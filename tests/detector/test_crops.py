@@ -98,6 +98,17 @@ def test_model_input_table_is_the_formula_bit_for_bit(mean, std, seed) -> None:
     np.testing.assert_array_equal(to_model_input(crops.astype(np.float64), mean, std), ref)  # not uint8
 
 
+def test_model_input_refuses_what_is_not_crops() -> None:
+    with pytest.raises(ValueError, match="crops must be"):
+        to_model_input(np.zeros((2, 8, 8, 4), np.uint8), (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="crops must be"):
+        to_model_input(np.zeros((8, 8, 3), np.uint8), (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError):
+        to_model_input(np.zeros((1, 8, 8, 3), np.uint8), (0.5, 0.5), (0.5,) * 3)
+    scalar = to_model_input(np.full((1, 2, 2, 3), 255, np.uint8), 0.5, 0.5)  # one value: every channel
+    np.testing.assert_array_equal(scalar, np.ones((1, 3, 2, 2), np.float32))
+
+
 @given(boxes)
 @settings(max_examples=50, deadline=None)
 def test_view_boxes_move_by_the_shift_of_the_longer_side(box) -> None:

@@ -324,3 +324,95 @@ def test_looping_grid_references_end(grid_heic: bytes, monkeypatch: pytest.Monke
     monkeypatch.setattr(_heif, "MAX_VISITS", 100)
     with pytest.raises(MediaError, match="over 100 derived picture references"):
         decode_image(bytes(data))
+
+
+# -- hand-built HEIF structures (a second audit's reproducers) -------------------------------------
+def _box(kind: bytes, payload: bytes, version: int | None = None) -> bytes:
+    if version is not None:
+        payload = struct.pack(">I", version << 24) + payload
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+def _heif(items: list[tuple[int, bytes, int, list[tuple[int, int]]]], *, primary: int = 1,
+          sizes: dict[int, tuple[int, int]] | None = None, dimg: dict[int, list[int]] | None = None,
+          idat: bytes = b"", mdat: bytes = b"") -> bytes:
+    """A HEIF file: ``items`` are (id, type, construction method, [(offset, length)]); offsets of
+    method 0 count from the start of ``mdat``'s payload, of method 1 from ``idat``'s."""
+    sizes = sizes or {}
+
+    def meta(mdat_at: int) -> bytes:
+        iloc = struct.pack(">BBH", 0x44, 0x40, len(items))  # offset/length 4 bytes, base 4 bytes
+        for item_id, _, method, extents in items:
+            base = mdat_at if method == 0 else 0
+            iloc += struct.pack(">HHHIH", item_id, method, 0, base, len(extents))
+            iloc += b"".join(struct.pack(">II", o, n) for o, n in extents)
+        infe = b"".join(_box(b"infe", struct.pack(">HH4s", i, 0, t) + b"\0", 2) for i, t, _, _ in items)
+        ipco = b"".join(_box(b"ispe", struct.pack(">II", *sizes[i]), 0) for i, *_ in items if i in sizes)
+        assoc = [(i, k + 1) for k, i in enumerate(i for i, *_ in items if i in sizes)]
+        ipma = struct.pack(">I", len(assoc)) + b"".join(struct.pack(">HBB", i, 1, 0x80 | k) for i, k in assoc)
+        refs = b"".join(_box(b"dimg", struct.pack(">HH", s, len(r)) + struct.pack(f">{len(r)}H", *r))
+                        for s, r in (dimg or {}).items())
+        return _box(b"meta", b"".join([
+            _box(b"hdlr", bytes(4) + b"pict" + bytes(13), 0), _box(b"pitm", struct.pack(">H", primary), 0),
+            _box(b"iloc", iloc, 1), _box(b"iinf", struct.pack(">H", len(items)) + infe, 0),
+            _box(b"iprp", _box(b"ipco", ipco) + _box(b"ipma", ipma, 0)),
+            *([_box(b"iref", refs, 0)] if refs else []), *([_box(b"idat", idat)] if idat else []),
+        ]), 0)
+
+    head = _box(b"ftyp", b"avif" + bytes(4) + b"avifmif1")
+    at = len(head) + len(meta(0)) + 8
+    return head + meta(at) + _box(b"mdat", mdat)
+
+
+def _bomb_header(prefix: bytes = b"") -> bytes:
+    return prefix + _sequence_header(16384, 16384, reduced=True, timing=False, points=1)[2:]
+
+
+@pytest.mark.parametrize("where", ["mdat", "idat", "split", "after delimiters", "alpha"])
+def test_av1_coded_size_found_wherever_the_data_lies(where: str) -> None:
+    """A picture declaring 64 x 64 whose AV1 sequence header says 16384 x 16384."""
+    from detector._heif import HeifStructureError, check_heif
+
+    bomb = _bomb_header(bytes([0b00010010, 0]) * 8 if where == "after delimiters" else b"")
+    small = _sequence_header(64, 64, reduced=True, timing=False, points=1)[2:]
+    size = {1: (64, 64), 2: (64, 64)}
+    if where == "idat":
+        data = _heif([(1, b"av01", 1, [(0, len(bomb))])], sizes=size, idat=bomb)
+    elif where == "split":
+        data = _heif([(1, b"av01", 0, [(0, 1), (1, len(bomb) - 1)])], sizes=size, mdat=bomb)
+    elif where == "alpha":  # the primary is small; its alpha picture (another item) is not
+        data = _heif([(1, b"av01", 0, [(0, len(small))]), (2, b"av01", 0, [(len(small), len(bomb))])],
+                     sizes=size, mdat=small + bomb)
+    else:
+        data = _heif([(1, b"av01", 0, [(0, len(bomb))])], sizes=size, mdat=bomb)
+    with pytest.raises(HeifStructureError, match="AV1 coded frame of 16384x16384") as info:
+        check_heif(data, 50_000_000, 20_000)
+    assert info.value.status == Status.too_large
+    fine = _heif([(1, b"av01", 0, [(0, len(small))])], sizes=size, mdat=small)
+    check_heif(fine, 50_000_000, 20_000)
+    padded = _bomb_header(bytes([0b01111010, 0x80, 0x80, 0x04]) + bytes(65536))  # 64 KB of padding first
+    with pytest.raises(HeifStructureError, match="no AV1 sequence header"):
+        check_heif(_heif([(1, b"av01", 0, [(0, len(padded))])], sizes=size, mdat=padded), 50_000_000, 20_000)
+
+
+def test_huge_counts_in_small_boxes_end_fast() -> None:
+    """Counts that promise more entries than their box holds stop the parse at once; zero-size
+    iloc fields do not make a small file list billions of extents."""
+    from detector import _heif
+
+    t = time.perf_counter()
+    zero_iloc = struct.pack(">BBH", 0, 0, 1000) + struct.pack(">HHH", 1, 0, 65535) * 1000  # 6 KB
+    meta = _box(b"meta", _box(b"hdlr", bytes(4) + b"pict" + bytes(13), 0)
+                + _box(b"pitm", struct.pack(">H", 1), 0) + _box(b"iloc", zero_iloc, 0), 0)
+    data = _box(b"ftyp", b"heic" + bytes(4) + b"mif1heic") + meta
+    _heif.check_heif(data, 50_000_000, 20_000)
+    assert status_of(data) == "unreadable"
+    items: dict[int, _heif._Item] = {}
+    iloc = struct.pack(">IBBH", 0, 0, 0, 3) + b"".join(struct.pack(">HHH", k, 0, 65535) for k in (1, 2, 3))
+    _heif._parse_iloc(iloc, items)
+    assert [len(items[k].extents) for k in (1, 2, 3)] == [1, 1, 1]  # not 65535 each
+    with pytest.raises(IndexError):
+        _heif._parse_iref(struct.pack(">I", 0) + _box(b"dimg", struct.pack(">HH", 1, 65535)), {})
+    with pytest.raises(IndexError):
+        _heif._parse_iprp(_box(b"ipma", struct.pack(">II", 0, 1_000_000), None), {})
+    assert time.perf_counter() - t < 1.0
