@@ -11,9 +11,14 @@ refuses, before any pixel is decoded:
 - a primary picture, a grid or overlay canvas, or tiles adding up to more than the caps
   (a small file can declare a small ``ispe`` and a huge grid) -> ``too_large``.
 
-- an AV1 picture whose coded frame (the maximum size in the sequence header that opens its
-  data) is over the caps, whatever its ``ispe`` says (libavif decodes the coded frame, then
-  scales it to ``ispe``: a 3 KB file declaring 64 x 64 took 593 MB) -> ``too_large``.
+- any AV1 picture of the file (alpha and gain maps included: libavif decodes them too) whose
+  coded frame (the maximum size in the first sequence header of its data, wherever the data
+  lies) is over the caps, whatever its ``ispe`` says (libavif decodes the coded frame, then
+  scales it to ``ispe``: a 3 KB file declaring 64 x 64 took 593 MB) -> ``too_large``; no
+  sequence header in the first :data:`AV1_HEADER_SEARCH` bytes -> ``unreadable``.
+
+Every box is parsed within its own bounds, and references are followed to a bounded depth and
+number (:data:`MAX_DEPTH`, :data:`MAX_VISITS`).
 
 HEVC pictures need no such check: libheif compares the coded size with ``ispe`` before it
 allocates. Anything this module cannot parse is left to the decoder, which reports it.
