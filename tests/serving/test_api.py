@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.detector import media_factory as mf
-from tests.serving.conftest import LiveServer
+from tests.serving.conftest import LiveServer, assert_clean_stop, start_server
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,31 @@ def test_other_image_formats(live: LiveServer, astronaut: np.ndarray, fmt: str) 
     assert r.status_code == 200, r.text
     assert r.json()["result"]["media_type"] == "image"
     assert r.json()["result"]["status"] in ("ok", "no_face")
+
+
+def test_heic_on_a_server_without_the_heic_extra(
+    tmp_path: Path, tiny_model: Path, astronaut: np.ndarray
+) -> None:
+    """A server installed without pillow-heif answers a HEIC with 415 naming the extra and no
+    score, and still analyses AVIF (Pillow's own)."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "pillow_heif.py").write_text('raise ImportError("the heic extra is not installed")\n')
+    server = start_server(tmp_path, tiny_model, {"PYTHONPATH": str(shim), "FACETRUST_WORKERS": "1"})
+    try:
+        face = np.ascontiguousarray(astronaut[20:180, 140:300])
+        photo = mf.encode_image(face, "heic")
+        with server.client() as c:
+            heic = c.post("/v1/analyze", files={"file": ("IMG_0001.HEIC", photo)})
+            avif = c.post("/v1/analyze", files={"file": ("photo.avif", mf.encode_image(face, "avif"))})
+        assert heic.status_code == 415, heic.text
+        assert "unsupported_media" in heic.text and "facetrust[heic]" in heic.text
+        result = heic.json()["result"]
+        assert result["status"] == "unsupported" and result["fake_probability"] is None
+        assert result["sha256"] == hashlib.sha256(photo).hexdigest()  # the evidence hash, even refused
+        assert avif.status_code == 200 and avif.json()["result"]["media_type"] == "image", avif.text
+    finally:
+        assert_clean_stop(server)
 
 
 def test_video_is_analysed_with_sampling(live: LiveServer, face_video: bytes) -> None:
