@@ -1,4 +1,4 @@
-"""Benchmark still-image decoding per format: what a phone photo costs before detection starts.
+"""Benchmark a phone photo per format: its decoding, and its whole analysis.
 
 The astronaut photo resized to ``--size`` (default 4032x3024, a 12 MP phone photo) is saved
 as JPEG quality 90, HEIC quality 80 in 512 px tiles as iPhones store it (needs the ``heic``

@@ -8,14 +8,15 @@ refuses, before any pixel is decoded:
   tiles of a grid photo with a flat colour and reports nothing) -> ``unreadable``;
 - more than one top-level ``meta`` box (libheif shows the last one, so a picture appended
   to a file would replace the one a phone shows) -> ``unreadable``;
-- a primary picture, a grid or overlay canvas, or tiles adding up to more than the caps
-  (a small file can declare a small ``ispe`` and a huge grid) -> ``too_large``.
-
+- a primary picture or a grid or overlay canvas over the caps, or tiles adding up to more
+  than :data:`TILE_SLACK` times the pixel cap (a small file can declare a small ``ispe`` and a
+  huge grid) -> ``too_large``;
 - any AV1 picture of the file (alpha and gain maps included: libavif decodes them too) whose
   coded frame (the maximum size in the first sequence header of its data, wherever the data
   lies) is over the caps, whatever its ``ispe`` says (libavif decodes the coded frame, then
-  scales it to ``ispe``: a 3 KB file declaring 64 x 64 took 593 MB) -> ``too_large``; no
-  sequence header in the first :data:`AV1_HEADER_SEARCH` bytes -> ``unreadable``.
+  scales it to ``ispe``: a 3 KB file declaring 64 x 64 took 593 MB) -> ``too_large``; data
+  longer than :data:`AV1_HEADER_SEARCH` bytes with no sequence header in them -> ``unreadable``
+  (shorter data without one is left to the decoder).
 
 Every box is parsed within its own bounds, and references are followed to a bounded depth and
 number (:data:`MAX_DEPTH`, :data:`MAX_VISITS`).
