@@ -53,19 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.robustness import encode_photo
 
     picture = _picture(width, height)
-    files = {fmt: encode_photo(picture, fmt, q) for fmt, q in FORMATS.items() if fmt != "heic"}
-    if args.heic_tile:
-        import io
-
-        import pillow_heif
-        from PIL import Image
-
-        buf = io.BytesIO()
-        pillow_heif.from_pillow(Image.fromarray(picture)).save(buf, quality=FORMATS["heic"],
-                                                                tile_size=args.heic_tile)
-        files["heic"] = buf.getvalue()
-    else:
-        files["heic"] = encode_photo(picture, "heic", FORMATS["heic"])
+    files = {fmt: encode_photo(picture, fmt, q, heic_tile=args.heic_tile) for fmt, q in FORMATS.items()}
     analyzer = create_analyzer(args.model)
     times: dict[str, dict[str, list[float]]] = {f: {"decode": [], "analyze": []} for f in files}
     faces: dict[str, int] = {}

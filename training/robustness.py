@@ -211,8 +211,9 @@ DEGRADATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 CODECS: dict[str, tuple[str, int]] = {"jpeg90": ("jpeg", 90), "heic80": ("heic", 80), "avif80": ("avif", 80)}
 
 
-def encode_photo(image: np.ndarray, fmt: str, quality: int) -> bytes:
-    """``image`` (RGB uint8) saved as ``fmt`` (``jpeg``, ``heic``, ``avif``) at ``quality``."""
+def encode_photo(image: np.ndarray, fmt: str, quality: int, *, heic_tile: int = 0) -> bytes:
+    """``image`` (RGB uint8) saved as ``fmt`` (``jpeg``, ``heic``, ``avif``) at ``quality``; a HEIC
+    in ``heic_tile`` px tiles as iPhones store it (0: one picture)."""
     import io
 
     from PIL import Image
@@ -223,7 +224,8 @@ def encode_photo(image: np.ndarray, fmt: str, quality: int) -> bytes:
             import pillow_heif
         except ImportError as exc:
             raise ValueError("--codec heic80 needs pillow-heif: pip install 'facetrust[heic]'") from exc
-        pillow_heif.from_pillow(pil).save(buf, quality=quality)
+        tiles = {"tile_size": heic_tile} if heic_tile else {}
+        pillow_heif.from_pillow(pil).save(buf, quality=quality, **tiles)
     else:
         pil.save(buf, {"jpeg": "JPEG", "avif": "AVIF"}[fmt], quality=quality)
     return buf.getvalue()
