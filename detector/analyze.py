@@ -24,7 +24,7 @@ import numpy as np
 
 from detector import aggregate
 from detector._prefetch import Prefetch
-from detector.card import ModelCard
+from detector.card import ModelCard, resolve_min_face
 from detector.classifier import Classifier, ScoreBatch, resolve_model_path
 from detector.container import MAX_STEPS, UNCHECKED, trailing_bytes
 from detector.crops import VIEWS, crop_boxes
@@ -246,6 +246,7 @@ MultiCrop = Literal["none", "images", "all"]
 DEFAULT_MULTI_CROP: MultiCrop = "images"
 
 
+
 class Analyzer:
     """Scores every face of images and videos with one classifier and one face detector.
 
@@ -259,6 +260,9 @@ class Analyzer:
     :data:`DETECT_PIXELS` is two 1080p frames, one per detection thread on 2 cores). Raises
     :class:`~detector.card.ModelCardError` for a missing or invalid model. ``multi_crop``: which
     media are scored with :data:`detector.crops.VIEWS` crops per face (:data:`MultiCrop`).
+    ``min_face``: look for faces from this box side in pixels instead of the card's
+    ``min_face_size`` (:func:`resolve_min_face`: faster, smaller faces are not reported; not with
+    ``face_detector``, which keeps its own). Results record it as ``min_face_size``.
     """
 
     def __init__(
@@ -271,6 +275,7 @@ class Analyzer:
         detect_pixels: int = DETECT_PIXELS,
         threads: int | None = None,
         multi_crop: MultiCrop = DEFAULT_MULTI_CROP,
+        min_face: int | None = None,
     ) -> None:
         if multi_crop not in get_args(MultiCrop):
             raise ValueError(f"multi_crop must be one of {get_args(MultiCrop)}, not {multi_crop!r}")
@@ -287,7 +292,13 @@ class Analyzer:
         if face_detector is None:
             from detector.faces import create_face_detector
 
-            face_detector = create_face_detector(min_face_size=self.card.min_face_size, threads=threads)
+            self.min_face_size: int | None = resolve_min_face(self.card, min_face)
+            face_detector = create_face_detector(min_face_size=self.min_face_size, threads=threads)
+        elif min_face is not None:
+            raise ValueError("min_face sets the analyzer's own face detector: pass it to your face_detector")
+        else:
+            own = getattr(face_detector, "min_face_size", None)
+            self.min_face_size = round(own) if isinstance(own, int | float) and math.isfinite(own) else None
         self.face_detector = face_detector
         self.batch_size = max(1, int(batch_size))
         self.detect_pixels = max(1, int(detect_pixels))
@@ -549,7 +560,7 @@ class Analyzer:
         self._still_going(timer, cancel)
         if face_crops is not None and detections:
             face_crops(None, _read_only(crops if views == 1 else self._crops(image, detections, 1)))
-        result.crop_views = views
+        result.crop_views, result.min_face_size = views, self.min_face_size
         result.faces = [self._face(d, scores, i) for i, d in enumerate(detections)]
         verdict = aggregate.image_verdict([f.fake_probability for f in result.faces])
         if verdict is None:
@@ -579,7 +590,12 @@ class Analyzer:
         sampling = sampling or Sampling()
         deadline = time.monotonic() - (time.perf_counter() - timer.t0) + self.limits.time_limit
         result = base.model_copy(
-            update={"path": name, "media_type": "video", "crop_views": self.views("video")}
+            update={
+                "path": name,
+                "media_type": "video",
+                "crop_views": self.views("video"),
+                "min_face_size": self.min_face_size,
+            }
         )
         frames: list[Frame] = []
         detections: list[list[Any]] = []
@@ -856,6 +872,7 @@ def create_analyzer(
     detect_pixels: int = DETECT_PIXELS,
     threads: int | None = None,
     multi_crop: MultiCrop = DEFAULT_MULTI_CROP,
+    min_face: int | None = None,
 ) -> Analyzer:
     """Build an :class:`Analyzer` (the shipped default model when ``model`` is None)."""
     return Analyzer(
@@ -866,4 +883,5 @@ def create_analyzer(
         detect_pixels=detect_pixels,
         threads=threads,
         multi_crop=multi_crop,
+        min_face=min_face,
     )

@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+#: The largest ``min_face_size`` of a card, and ``min_face`` of :func:`resolve_min_face` (pixels).
+MAX_MIN_FACE = 4096
 
 CARD_METADATA_KEY = "facetrust.model_card"
 CARD_SCHEMA_VERSION = 1
@@ -112,9 +116,11 @@ class ModelCard:
         if not (1.0 <= self.crop_margin <= 3.0):
             raise ModelCardError(f"crop_margin {self.crop_margin} out of range 1.0..3.0")
         if isinstance(self.min_face_size, bool) or not isinstance(self.min_face_size, int) or not (
-            1 <= self.min_face_size <= 4096
+            1 <= self.min_face_size <= MAX_MIN_FACE
         ):
-            raise ModelCardError(f"min_face_size {self.min_face_size!r} must be an integer in 1..4096 pixels")
+            raise ModelCardError(
+                f"min_face_size {self.min_face_size!r} must be an integer in 1..{MAX_MIN_FACE} pixels"
+            )
         for t in (self.threshold_balanced, self.threshold_strict):
             if not (0.0 <= t <= 1.0) or math.isnan(t):
                 raise ModelCardError("thresholds are calibrated probabilities in [0, 1]")
@@ -193,3 +199,24 @@ def card_from_session(sess: Any, where: str = "model") -> ModelCard:
             "export it with `facetrust export` or embed a card with training.export.embed_card"
         )
     return ModelCard.from_json(meta[CARD_METADATA_KEY])
+
+
+def resolve_min_face(card: ModelCard, min_face: int | None = None) -> int:
+    """The smallest face box side (pixels) to look for: the card's ``min_face_size``, or
+    ``min_face`` when it raises it. Raises ``ValueError`` below the card's (the model was never
+    trained on smaller faces, so their scores would mean nothing) or above :data:`MAX_MIN_FACE`.
+
+    A larger value is a speed setting: the detector's image pyramid starts at a smaller scale, so
+    it does less work (README, "Speed"), and smaller faces are not reported.
+    """
+    if min_face is None:
+        return int(card.min_face_size)
+    if isinstance(min_face, bool) or not isinstance(min_face, numbers.Integral):
+        raise ValueError(f"min_face must be a whole number of pixels, got {min_face!r}")
+    if not int(card.min_face_size) <= int(min_face) <= MAX_MIN_FACE:
+        raise ValueError(
+            f"min_face {int(min_face)} px is outside {card.min_face_size}..{MAX_MIN_FACE}: the "
+            f"model {card.name} {card.version} scores faces of at least {card.min_face_size} px "
+            "(its card's min_face_size, the smallest faces it was trained on)"
+        )
+    return int(min_face)

@@ -222,6 +222,8 @@ def _section(number: int, r: AnalysisResult, crops: CropCollector | None, source
         )))
     if r.crop_views is not None:
         facts.append(("crops per face", str(r.crop_views)))
+    if r.min_face_size is not None:
+        facts.append(("faces looked for", f"box side {r.min_face_size} px and up (smaller: not reported)"))
     parts = [f'<section id="file-{number}"><h2>{_e(Path(r.path).name or r.path)}</h2>',
              f'<table class="facts">{_rows(facts)}</table>']
     if r.warnings:

@@ -126,6 +126,11 @@ class AnalysisResult(BaseModel):
         description="crops scored per face: 1, or 4 (the face box moved by 2% left, right, up and "
         "down, the last two mirrored; the face's logit is their mean)",
     )
+    min_face_size: int | None = Field(
+        default=None,
+        description="smallest face box side looked for, in pixels of the picture: the model card's "
+        "min_face_size unless raised (`--min-face`); smaller faces are not reported",
+    )
     width: int | None = None
     height: int | None = None
     faces: list[Face] | None = Field(default=None, description="images only")

@@ -121,9 +121,12 @@ class ResultLog:
         """The results read back, in file order."""
         return list(self._results)
 
-    def check(self, model: ModelInfo | None, sampling: str, views: dict[str, int]) -> None:
+    def check(
+        self, model: ModelInfo | None, sampling: str, views: dict[str, int], min_face: int | None = None
+    ) -> None:
         """Refuse to mix: every result read back must come from ``model`` (its name, version and
-        thresholds), videos sampled as ``sampling``, faces scored on ``views[media_type]`` crops."""
+        thresholds), videos sampled as ``sampling``, faces scored on ``views[media_type]`` crops
+        and looked for from ``min_face`` pixels (results that do not record one pass)."""
         self._model = model
         for r in self._results:
             if r.model is not None and model is not None and r.model != model:
@@ -144,6 +147,12 @@ class ResultLog:
                     f"--output {self.path} holds {r.media_type}s scored on {r.crop_views} "
                     f"crop(s) per face; this scan scores {wanted}: use the same --multi-crop, "
                     "or another --output file"
+                )
+            if r.min_face_size is not None and min_face is not None and r.min_face_size != min_face:
+                raise OutputError(
+                    f"--output {self.path} holds results that looked for faces from "
+                    f"{r.min_face_size} px; this scan looks from {min_face} px: use the same "
+                    "--min-face, or another --output file"
                 )
 
     def accept(self) -> None:

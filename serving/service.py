@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector.card import read_card
+from detector.card import ModelCardError, read_card, resolve_min_face
 from detector.classifier import resolve_model_path
 from detector.media import ALLOWED_NAMES, describe_unknown, sniff
 from detector.schema import AnalysisResult, ModelInfo, Status
@@ -51,6 +51,10 @@ class Server:
         self.settings = settings
         self.model_path = resolve_model_path(settings.model)
         card = read_card(str(self.model_path))
+        try:
+            self.min_face = resolve_min_face(card, settings.min_face)
+        except ValueError as exc:
+            raise ModelCardError(f"FACETRUST_MIN_FACE: {exc}") from None
         self.model_info = ModelInfo(
             name=card.name,
             version=card.version,
@@ -79,6 +83,7 @@ class Server:
             temp_dir=str(self.work_dir),
             test_faults=s.test_faults,
             multi_crop=s.multi_crop,
+            min_face=self.min_face,
         )
         self.pool = WorkerPool(config, s.workers, self.metrics)
         self.pool.start()

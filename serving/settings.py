@@ -97,6 +97,13 @@ class ServeSettings(BaseSettings):
         description="media whose faces are scored as the mean of 4 crops (box moved 2%, 2 mirrored) "
         "instead of one: none, images (default) or all",
     )
+    min_face: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="look for faces from this box side in pixels, at least the model card's "
+        "min_face_size (default: that); larger is faster, smaller faces are not reported",
+    )
     api_keys: Annotated[tuple[tuple[str, str], ...], NoDecode] = Field(
         (), description="'id:sha256hex,...' - SHA-256 (hex) of each accepted X-API-Key, with its id"
     )

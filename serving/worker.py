@@ -40,6 +40,7 @@ class WorkerConfig:
     temp_dir: str | None = None
     test_faults: bool = False
     multi_crop: str = "images"
+    min_face: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,11 @@ def worker_main(conn: Any, config: WorkerConfig) -> None:
 
         limits = Limits(max_file_bytes=config.max_file_bytes, time_limit=config.time_limit)
         analyzer = create_analyzer(
-            config.model, limits=limits, threads=config.threads, multi_crop=config.multi_crop  # type: ignore[arg-type]
+            config.model,
+            limits=limits,
+            threads=config.threads,
+            multi_crop=config.multi_crop,  # type: ignore[arg-type]
+            min_face=config.min_face,
         )
         info = _warm_up(analyzer)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides

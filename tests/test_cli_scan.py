@@ -228,6 +228,23 @@ def test_bad_model_and_flags_exit_2_with_a_message(tmp_path: Path, media: dict[s
     assert proc.returncode == 2 and "--fps must be > 0" in proc.stderr
 
 
+def test_min_face_flag(tiny_model: Path, media: dict[str, Path], tmp_path: Path) -> None:
+    """--min-face: recorded in the JSON and the report; a face below it is not reported (no
+    score, exit 0); below the card's min_face_size (20 px for the tiny model) it is refused."""
+    code, out, _ = scan_json(media["face"], "--model", tiny_model, "--min-face", "60")
+    assert out[0]["status"] == "ok" and out[0]["min_face_size"] == 60 and len(out[0]["faces"]) == 1
+    assert code == (1 if out[0]["label"] == "fake" else 0)
+    report = tmp_path / "r.html"
+    code, out, _ = scan_json(media["face"], "--model", tiny_model, "--min-face", "150", "--report", report)
+    assert code == 0 and out[0]["status"] == "no_face" and out[0]["fake_probability"] is None
+    assert out[0]["min_face_size"] == 150 and "box side 150 px and up" in report.read_text()
+    for value, message in (("19", "min_face 19 px is outside 20..4096"), ("0", "--min-face"),
+                           ("4097", "outside 20..4096"), ("big", "--min-face")):
+        proc = scan(media["face"], "--model", tiny_model, "--min-face", value)
+        assert proc.returncode == 2 and message in proc.stderr, (value, proc.stderr)
+        assert proc.stdout == "" and "Traceback" not in proc.stderr
+
+
 def test_out_of_range_sampling_exits_2_with_a_message(media: dict[str, Path]) -> None:
     for args in (("--fps", "inf"), ("--fps", "1001"), ("--frames", "1000001")):
         proc = scan("--json", media["face"], *args)

@@ -136,6 +136,7 @@ def test_resume_refuses_a_file_it_cannot_trust_or_mix(tiny_model: Path, batch: P
     for target, args, message in (
         (log, ("--model", other), "holds results of model tiny-test 0.0.1; this scan uses tiny-test 0.0.2"),
         (log, ("--model", tiny_model, "--multi-crop", "none"), "scored on 4 crop(s) per face"),
+        (log, ("--model", tiny_model, "--min-face", "30"), "faces from 20 px; this scan looks from 30"),
         (vlog, ("--model", tiny_model), "holds videos sampled with count=4; this scan samples count=32"),
         (bad, ("--model", tiny_model), "line 2 is not a FaceTrust result"),
     ):

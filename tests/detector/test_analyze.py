@@ -8,6 +8,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -577,3 +578,51 @@ def test_small_deciding_faces_get_a_warning(astronaut: np.ndarray) -> None:
             clip = mf.write_video(Path(tmp) / "small.mp4", n_frames=8, size=size, draw=small)
             v = analyzer.analyze_path(clip, sampling=Sampling("count", 4))
         assert v.status == "ok" and any("small faces" in w for w in v.warnings), v.warnings
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_min_face_raises_the_smallest_face_looked_for(
+    tiny_model: Path, astronaut: np.ndarray, two_people: Path
+) -> None:
+    """``min_face`` (``--min-face``): faces are looked for from that box side, the result says
+    from which; a face smaller than it is not reported (no score); it cannot go below the card's
+    min_face_size (the tiny model's is 20 px)."""
+    data = jpeg_bytes(astronaut)  # one face, box sides about 87 x 110 px
+    with create_analyzer(tiny_model, multi_crop="none") as default:
+        assert default.min_face_size == default.card.min_face_size == 20
+        base = default.analyze_bytes(data, "a.jpg")
+        video = default.analyze_path(two_people, sampling=Sampling("count", 4))
+    assert base.status == "ok" and base.min_face_size == 20 and base.faces is not None
+    assert video.status == "ok" and video.min_face_size == 20
+    with create_analyzer(tiny_model, multi_crop="none", min_face=60) as raised:
+        r = raised.analyze_bytes(data, "a.jpg")
+        v = raised.analyze_path(two_people, sampling=Sampling("count", 4))
+    assert r.status == "ok" and r.min_face_size == 60 and r.faces is not None and len(r.faces) == 1
+    assert _iou(r.faces[0].box, base.faces[0].box) > 0.8
+    assert v.status == "ok" and v.min_face_size == 60  # its faces are about 110 px: all kept
+    assert [len(f.faces) for f in v.frames or []] == [len(f.faces) for f in video.frames or []] == [2] * 4
+    small = jpeg_bytes(cv2.resize(astronaut, (230, 230), interpolation=cv2.INTER_AREA))  # face ~48 px
+    with create_analyzer(tiny_model, multi_crop="none") as default:
+        assert default.analyze_bytes(small, "small.jpg").status == "ok"
+    with create_analyzer(tiny_model, min_face=60) as raised:
+        r = raised.analyze_bytes(small, "small.jpg")
+    _assert_no_verdict(r, "no_face")
+    assert r.min_face_size == 60 and r.faces == []
+    with create_analyzer(tiny_model, min_face=150) as too_big:
+        v = too_big.analyze_path(two_people, sampling=Sampling("count", 4))
+    _assert_no_verdict(v, "no_face")
+    assert v.min_face_size == 150 and v.tracks == [] and all(f.faces == [] for f in v.frames or [])
+    for bad, message in ((19, "min_face 19 px is outside 20..4096"), (4097, "outside 20..4096"),
+                         (60.5, "whole number of pixels"), (True, "whole number of pixels")):
+        with pytest.raises(ValueError, match=message):
+            create_analyzer(tiny_model, min_face=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pass it to your face_detector"):
+        create_analyzer(tiny_model, face_detector=FaceDetector(min_face_size=30), min_face=60)
+    own = create_analyzer(tiny_model, face_detector=FaceDetector(min_face_size=30))
+    assert own.min_face_size == 30 and own.analyze_bytes(data, "a.jpg").min_face_size == 30

@@ -238,7 +238,7 @@ def _group_members(pgid: int) -> list[int]:
 @pytest.fixture(scope="session")
 def tight(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
     """1 worker, no queue (a second analysis gets 503), 3 s timeout, 1 GiB workers, 3 s job TTL,
-    one crop per face (FACETRUST_MULTI_CROP=none)."""
+    one crop per face (FACETRUST_MULTI_CROP=none), faces from 30 px (FACETRUST_MIN_FACE=30)."""
     server = start_server(
         tmp_path_factory.mktemp("tight"),
         tiny_model,
@@ -250,6 +250,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
             "FACETRUST_WORKER_MEMORY_MB": "1024",
             "FACETRUST_JOB_TTL": "3",
             "FACETRUST_MULTI_CROP": "none",
+            "FACETRUST_MIN_FACE": "30",
         },
     )
     yield server

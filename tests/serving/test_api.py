@@ -78,6 +78,7 @@ def test_image_is_analysed(live: LiveServer, face_jpeg: bytes) -> None:
     assert result["media_type"] == "image" and result["status"] == "ok"
     assert (result["width"], result["height"]) == (512, 512)
     assert len(result["faces"]) >= 1 and result["crop_views"] == 4  # multi-crop for photos by default
+    assert result["min_face_size"] == 20  # the tiny model card's: no FACETRUST_MIN_FACE
     assert 0.0 <= result["fake_probability"] <= 1.0 and result["label"] in ("real", "fake")
     assert live.wait_no_leftovers() == []
 

@@ -46,6 +46,8 @@ BAD_SETTINGS = [
     ({"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_LOG_LEVEL": "loud"}, "FACETRUST_LOG_LEVEL"),
     ({"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_MODEL": "/nonexistent.onnx"}, "model file not found"),
     ({"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_MULTI_CROP": "some"}, "FACETRUST_MULTI_CROP"),
+    ({"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_MIN_FACE": "0"}, "FACETRUST_MIN_FACE"),
+    ({"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_MIN_FACE": "4097"}, "FACETRUST_MIN_FACE"),
 ]
 
 
@@ -78,6 +80,15 @@ def test_bad_model_exits_2(tmp_path: Path) -> None:
     junk.write_bytes(b"not an onnx model")
     out = run_cli(["serve", "--model", str(junk)], env)
     assert out.returncode == 2 and "cannot serve" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_min_face_below_the_model_card_exits_2(tiny_model: Path) -> None:
+    """FACETRUST_MIN_FACE below the model's min_face_size (20 px for the tiny model): refused at
+    start, before any worker, naming the setting and the card's value."""
+    out = run_cli(["serve", "--model", str(tiny_model)],
+                  {"FACETRUST_ALLOW_NO_AUTH": "1", "FACETRUST_MIN_FACE": "19"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot serve: FACETRUST_MIN_FACE: min_face 19 px is outside 20..4096" in out.stderr
 
 
 def test_flags_override_environment(tiny_model: Path) -> None:
