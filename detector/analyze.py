@@ -293,7 +293,9 @@ class Analyzer:
             from detector.faces import create_face_detector
 
             self.min_face_size: int | None = resolve_min_face(self.card, min_face)
-            face_detector = create_face_detector(min_face_size=self.min_face_size, threads=threads)
+            face_detector = create_face_detector(
+                min_face_size=self.min_face_size, pyramid_face_size=self.card.min_face_size, threads=threads
+            )
         elif min_face is not None:
             raise ValueError("min_face sets the analyzer's own face detector: pass it to your face_detector")
         else:

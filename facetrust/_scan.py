@@ -277,8 +277,8 @@ def register(app: typer.Typer) -> None:
                 metavar="PX",
                 help="look for faces from this box side in pixels (default and lowest: the model "
                 "card's min_face_size, 40 for the shipped model); larger is faster and smaller "
-                "faces are not reported (the 1080p benchmark clip: detection about 1.8x faster "
-                "from 60 px, 2.5x from 80 px; README, Speed)",
+                "faces are not reported (the 1080p benchmark clip: 2.1-2.2 s from 60 px, 1.5-1.7 s "
+                "from 80 px, 2.9-3.0 s from 40 px in the same runs; README, Speed)",
             ),
         ] = None,
         output: Annotated[

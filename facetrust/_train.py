@@ -178,6 +178,9 @@ def evaluate(
     multi_crop: Annotated[MultiCropChoice, typer.Option(
         "--multi-crop", help="as `facetrust scan --multi-crop`: which media score each face as the "
         "mean of 4 views")] = MultiCropChoice.images,
+    min_face: Annotated[int | None, typer.Option(
+        "--min-face", min=1, metavar="PX", help="as `facetrust scan --min-face`: look for faces from "
+        "this box side (default: the model card's min_face_size)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Frame- and video-level AUC, AP, EER, TPR@1%FPR with the detector's own pipeline."""
@@ -190,7 +193,7 @@ def evaluate(
         from training.evaluate import evaluate_main
 
         report = evaluate_main(model, card, root, split=split, out=out, frames=frames, limit=limit,
-                               multi_crop=multi_crop.value)
+                               multi_crop=multi_crop.value, min_face=min_face)
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
     summary = {k: report[k] for k in ("model", "dataset", "counts")}

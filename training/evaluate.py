@@ -84,6 +84,7 @@ def evaluate_main(
     limit: int | None = None,
     holdout_methods: tuple[str, ...] = (),
     multi_crop: str = "images",
+    min_face: int | None = None,
     analyzer: Any | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -91,8 +92,9 @@ def evaluate_main(
 
     ``split``: train/val/test/dev or ``all`` (every split but ``excluded``); ``frames``:
     sampled frames per video; ``limit``: at most this many items (>= 2; seeded, stratified by
-    label, for quick checks); ``multi_crop``: as ``facetrust scan --multi-crop`` (ignored when
-    an ``analyzer`` is given). Writes ``report.json`` and ``roc.png`` to ``out`` if given.
+    label, for quick checks); ``multi_crop`` and ``min_face``: as ``facetrust scan --multi-crop``
+    and ``--min-face`` (ignored when an ``analyzer`` is given). Writes ``report.json`` and
+    ``roc.png`` to ``out`` if given.
     """
     from detector.analyze import create_analyzer
     from detector.video import Sampling
@@ -119,7 +121,7 @@ def evaluate_main(
         for idx, n in zip(by_label, counts, strict=True):
             keep += rng.choice(idx, n, replace=False).tolist() if idx and n else []
         chosen = [chosen[k] for k in sorted(keep)]
-    analyzer = analyzer or create_analyzer(model, multi_crop=multi_crop)  # type: ignore[arg-type]
+    analyzer = analyzer or create_analyzer(model, multi_crop=multi_crop, min_face=min_face)  # type: ignore[arg-type]
     sampling = Sampling("count", frames)
     rows: list[dict[str, Any]] = []
     frame_y: list[int] = []
@@ -157,6 +159,7 @@ def evaluate_main(
                   "threshold_balanced": acard.threshold_balanced, "threshold_strict": acard.threshold_strict},
         "dataset": {"card": dcard.name, "root": str(root), "split": split, "frames_per_video": frames},
         "multi_crop": getattr(analyzer, "multi_crop", None),
+        "min_face_size": getattr(analyzer, "min_face_size", None),
         "counts": {
             "items": len(rows),
             "scored": len(scored),

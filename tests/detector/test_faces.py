@@ -311,6 +311,51 @@ def test_min_face_size_filters(astronaut):
     assert FaceDetector(min_face_size=200).detect(astronaut) == []
 
 
+def test_pyramid_anchor_keeps_the_full_pyramids_boxes(astronaut):
+    """A larger min_face_size on a pyramid anchored at 40 px skips the levels that only find
+    smaller faces; the faces left keep the full pyramid's boxes where the same window wins (here
+    the two large faces), and smaller ones are not reported."""
+    canvas = np.full((720, 1800, 3), 120, np.uint8)
+    x = 0
+    for side in (230, 330, 512, 700):  # faces of about 51, 71, 114 and 153 px
+        canvas[:side, x : x + side] = cv2.resize(astronaut, (side, side), interpolation=cv2.INTER_AREA)
+        x += side + 2
+    full = sorted(FaceDetector(min_face_size=40).detect(canvas), key=lambda d: d.box[0])
+    sides = [max(d.box[2] - d.box[0], d.box[3] - d.box[1]) for d in full]
+    assert len(full) == 4 and 45 < sides[0] < 60 < sides[1] < 100 < sides[2]
+    anchored = FaceDetector(min_face_size=60, pyramid_face_size=40).detect(canvas)
+    anchored.sort(key=lambda d: d.box[0])
+    assert len(anchored) == 3 and all(
+        max(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= 60 for d in anchored
+    )
+    assert anchored[1:] == full[2:]  # the same boxes, landmarks and scores
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(12, 3000), w=st.integers(12, 3000), anchor=st.integers(12, 80),
+    extra=st.floats(0, 10), down=st.sampled_from([1.0, 2.0]),
+)
+def test_pyramid_anchor_skips_only_levels_for_smaller_faces(h, w, anchor, extra, down):
+    """The anchored pyramid is the full one without its first levels: all the skipped ones and
+    the first kept one are built for faces of at most min_face_size, the second kept one for larger
+    faces (so no level a face of min_face_size or more needs is skipped)."""
+    from detector.faces import PNET_CELL, _Frame
+
+    min_face = anchor * (1 + extra)
+    frame = _Frame(np.zeros((h, w, 3), np.uint8), down, down)
+    full = FaceDetector(min_face_size=anchor)._scales(frame)
+    kept = FaceDetector(min_face_size=min_face, pyramid_face_size=anchor)._scales(frame)
+    assert kept == full[len(full) - len(kept) :]
+    built_for = [PNET_CELL / s * down for s in full]
+    skipped = len(full) - len(kept)
+    if not full or built_for[0] > min_face:  # (a downscaled frame's pyramid starts at 12 px)
+        assert kept == full
+    else:
+        assert all(size <= min_face * (1 + 1e-9) for size in built_for[: skipped + 1])
+        assert skipped + 1 == len(full) or built_for[skipped + 1] > min_face
+
+
 def test_no_face_images(detector):
     from skimage import data
 
@@ -410,7 +455,8 @@ def test_bad_input_raises_value_error(detector, image, match):
 @pytest.mark.parametrize(
     "kwargs",
     [{"min_face_size": 0}, {"thresholds": (0.6, 0.7)}, {"thresholds": (0.6, 0.7, 1.5)}, {"factor": 1.0},
-     {"max_side": 4}, {"threads": 0}],
+     {"max_side": 4}, {"threads": 0}, {"min_face_size": 40, "pyramid_face_size": 41},
+     {"pyramid_face_size": 0}],
 )
 def test_bad_settings_raise_value_error(kwargs):
     with pytest.raises(ValueError):
