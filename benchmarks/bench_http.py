@@ -80,7 +80,8 @@ def _free_port() -> int:
 
 
 def start_server(
-    model: str | None, workers: int, queue: int, key: str, log: Path, multi_crop: str = "images"
+    model: str | None, workers: int, queue: int, key: str, log: Path, multi_crop: str = "images",
+    min_face: int | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start `facetrust serve` on a free loopback port; returns (process, url) once ready."""
     import hashlib
@@ -94,6 +95,8 @@ def start_server(
         FACETRUST_LOG_LEVEL="warning",
         FACETRUST_MULTI_CROP=multi_crop,
     )
+    if min_face is not None:
+        env["FACETRUST_MIN_FACE"] = str(min_face)
     cmd = [sys.executable, "-m", "facetrust", "serve", "--port", str(port)]
     if model:
         cmd += ["--model", model]
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", help="photo to send (default: skimage's astronaut as JPEG)")
     p.add_argument("--multi-crop", default="images", choices=("none", "images", "all"),
                    help="FACETRUST_MULTI_CROP of the server started here (default: images)")
+    p.add_argument("--min-face", type=int, default=None,
+                   help="FACETRUST_MIN_FACE of the server started here (default: the model card's)")
     args = p.parse_args(argv)
     n = max(1, min(args.requests, 2000))
     queue = args.workers if args.queue is None else args.queue
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             key = secrets.token_urlsafe(24)
             proc, url = start_server(args.model, args.workers, queue, key, Path(tmp) / "server.log",
-                                     args.multi_crop)
+                                     args.multi_crop, args.min_face)
             workers, capacity = args.workers, args.workers + queue
         try:
             info = httpx.get(f"{url}/readyz", timeout=5).json()
