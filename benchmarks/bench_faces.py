@@ -1,7 +1,7 @@
 """Benchmark the MTCNN face detector (``detector.faces``) on a 1080p video and a 1 MP photo.
 
     python benchmarks/bench_faces.py [--video PATH] [--frames 32] [--max-side 640 960 1024 1280 0]
-                                     [--facenet] [--repeat 3]
+                                     [--min-face-size 20] [--pyramid-face-size N] [--facenet] [--repeat 3]
 
 For each ``max_side`` (0 = no downscale) it reports the median per-frame detection time over the
 sampled frames (each frame's best of ``--repeat`` runs, and ``detect_batch`` over all of them) and
@@ -80,6 +80,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--min-face-size", type=int, default=20)
+    ap.add_argument("--pyramid-face-size", type=int, default=None,
+                    help="anchor the pyramid at this face size (default: --min-face-size); with a "
+                    "larger --min-face-size this is what `facetrust scan --min-face` does")
     ap.add_argument("--facenet", action="store_true", help="also time facenet-pytorch's MTCNN")
     args = ap.parse_args()
     threads = args.threads or len(os.sched_getaffinity(0))
@@ -88,14 +91,16 @@ def main() -> None:
     cv2.setNumThreads(threads)
     found: dict[int, list[list[DetectedFace]]] = {}
     for max_side in args.max_side:
-        det = FaceDetector(max_side=max_side or 100_000, threads=threads, min_face_size=args.min_face_size)
+        det = FaceDetector(max_side=max_side or 100_000, threads=threads, min_face_size=args.min_face_size,
+                           pyramid_face_size=args.pyramid_face_size)
         det.detect(photo)  # warm-up
 
         def count(f: np.ndarray, det: FaceDetector = det) -> int:
             return len(det.detect(f))
 
         row: dict[str, object] = {"detector": "facetrust", "max_side": max_side or None,
-                                  "min_face_size": args.min_face_size}
+                                  "min_face_size": args.min_face_size,
+                                  "pyramid_face_size": args.pyramid_face_size}
         if frames:
             ms, counts = time_frames(count, frames, args.repeat)
             t = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -300,7 +301,8 @@ class Analyzer:
             raise ValueError("min_face sets the analyzer's own face detector: pass it to your face_detector")
         else:
             own = getattr(face_detector, "min_face_size", None)
-            self.min_face_size = round(own) if isinstance(own, int | float) and math.isfinite(own) else None
+            known = isinstance(own, numbers.Real) and not isinstance(own, bool) and math.isfinite(own)
+            self.min_face_size = math.ceil(own) if known else None
         self.face_detector = face_detector
         self.batch_size = max(1, int(batch_size))
         self.detect_pixels = max(1, int(detect_pixels))
@@ -493,6 +495,11 @@ class Analyzer:
         if time.perf_counter() - timer.t0 > self.limits.time_limit:
             raise _Timeout(f"analysis exceeded the {self.limits.time_limit:g} s time limit")
 
+    def _from(self) -> str:
+        """The end of a ``no_face`` message: from which face size faces were looked for."""
+        size = self.min_face_size
+        return f" (faces are looked for from a box side of {size} px)" if size is not None else ""
+
     def views(self, media_type: str) -> int:
         """Crops scored per face for ``media_type`` (``image`` or ``video``): 1 or :data:`VIEWS`."""
         wanted = {"all": True, "images": media_type == "image", "none": False}[self.multi_crop]
@@ -566,7 +573,7 @@ class Analyzer:
         result.faces = [self._face(d, scores, i) for i, d in enumerate(detections)]
         verdict = aggregate.image_verdict([f.fake_probability for f in result.faces])
         if verdict is None:
-            result.status, result.error = Status.no_face.value, "no face found in the image"
+            result.status, result.error = Status.no_face.value, "no face found in the image" + self._from()
         else:
             self._verdict(result, verdict.probability, verdict.rule)
             warning = detail_warning([_side(result.faces[verdict.decided_by])], self.card)
@@ -656,7 +663,9 @@ class Analyzer:
             {tr.id: len(tr.frames) for tr in result.tracks},
         )
         if verdict is None:
-            result.status, result.error = Status.no_face.value, "no face found in any sampled frame"
+            result.status, result.error = (
+                Status.no_face.value, "no face found in any sampled frame" + self._from()
+            )
         else:
             self._verdict(result, verdict.probability, verdict.rule)
             sides = [_side(f) for fr in frames for f in fr.faces if f.track_id == verdict.decided_by]

@@ -12,21 +12,25 @@ tens of pixels on a few faces).
 Frames whose longer side exceeds ``max_side`` (default :data:`DEFAULT_MAX_SIDE`) are first
 downscaled so the longer side equals ``max_side``; boxes and landmarks are mapped back to the
 original pixels. That is skipped when the pyramid's first level is no larger than ``max_side``
-anyway (``12 / min_face_size <= max_side / longer side``, e.g. 1080p frames with a 40 px
+anyway (``12 / pyramid_face_size <= max_side / longer side``, e.g. 1080p frames with a 40 px
 minimum face): the pyramid is the same size and is resampled from the original pixels.
-``min_face_size`` is in original pixels; after a downscale by ``s`` the pyramid starts at faces
-of ``max(12, min_face_size * s)`` detection pixels, so the smallest face that can be found is
-``max(min_face_size, 12 / s)`` original pixels.
+``min_face_size`` and ``pyramid_face_size`` (below; by default equal) are in original pixels;
+after a downscale by ``s`` the pyramid starts at faces of ``max(12, pyramid_face_size * s)``
+detection pixels, so the smallest face that can be found is ``max(min_face_size, 12 / s)``
+original pixels.
 
 **Pyramid anchor.** MTCNN's boxes depend on its pyramid: a face's final box comes from whichever
 P-Net window survives the non-maximum suppressions, so a pyramid that starts at another scale
 gives the same face a box a few pixels off (on the 1080p street clip, starting at 60 px instead
 of 40 px: median IoU 0.92 with the 40 px boxes, none identical), and a classifier's score follows
 its box. ``pyramid_face_size`` (default: ``min_face_size``) fixes the pyramid's scales as if faces
-were looked for from that size; a larger ``min_face_size`` then skips only the levels below the
-last one built for faces of at most ``min_face_size`` (those levels find smaller faces only), and
-drops the smaller detections. The faces kept mostly get the very boxes of the full pyramid (109
-of 146 identical on that clip, median IoU 1.0, from 60 px on a 40 px pyramid).
+were looked for from that size; a larger ``min_face_size`` then skips the levels before the last
+one built for faces of at most ``min_face_size`` (they are built for smaller faces), and drops
+the smaller detections. Most faces kept get the very boxes of the full pyramid, not all (a
+window from a skipped level can have won a face's NMS): from 60 px on a 40 px pyramid, 109 of
+146 faces on that clip, median IoU 1.0. A frame first downscaled to ``max_side`` (longer than
+3,200 px with a 40 px anchor: 4K, 12 MP photos) starts its pyramid at 12 detection pixels,
+larger than the anchor, so fewer levels are skipped: from 60 px none.
 
 :meth:`FaceDetector.detect_batch` with ``threads > 1`` runs groups of frames on that many worker
 threads, or, for a single image, shares its pyramid levels and R-/O-Net crops out among them;
@@ -587,7 +591,7 @@ class FaceDetector:
         s = self.max_side / max(h, w)
         if s >= 1.0 or PNET_CELL / self.pyramid_face_size <= s:
             # Small enough, or the pyramid starts at or below max_side anyway (faces of
-            # min_face_size fill P-Net's cell only after that much downscaling): downscaling first
+            # pyramid_face_size fill P-Net's cell only after that much downscaling): downscaling first
             # would leave the pyramid's sizes as they are and only cost a resize.
             return _Frame(np.ascontiguousarray(image), 1.0, 1.0)
         dw, dh = max(1, round(w * s)), max(1, round(h * s))

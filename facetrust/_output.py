@@ -122,11 +122,14 @@ class ResultLog:
         return list(self._results)
 
     def check(
-        self, model: ModelInfo | None, sampling: str, views: dict[str, int], min_face: int | None = None
+        self, model: ModelInfo | None, sampling: str, views: dict[str, int], min_face: int | None = None,
+        card_min_face: int | None = None,
     ) -> None:
         """Refuse to mix: every result read back must come from ``model`` (its name, version and
         thresholds), videos sampled as ``sampling``, faces scored on ``views[media_type]`` crops
-        and looked for from ``min_face`` pixels (results that do not record one pass)."""
+        and looked for from ``min_face`` pixels. An analysed result that records no min face
+        (written before results did) passes only when ``min_face`` is the model card's own
+        ``card_min_face``."""
         self._model = model
         for r in self._results:
             if r.model is not None and model is not None and r.model != model:
@@ -153,6 +156,13 @@ class ResultLog:
                     f"--output {self.path} holds results that looked for faces from "
                     f"{r.min_face_size} px; this scan looks from {min_face} px: use the same "
                     "--min-face, or another --output file"
+                )
+            analysed = r.status in ("ok", "no_face")
+            if analysed and r.min_face_size is None and min_face is not None and min_face != card_min_face:
+                raise OutputError(
+                    f"--output {self.path} holds results that do not say from which face size "
+                    f"they looked (written before results recorded it); this scan looks from "
+                    f"{min_face} px: resume without --min-face, or use another --output file"
                 )
 
     def accept(self) -> None:

@@ -277,8 +277,9 @@ def register(app: typer.Typer) -> None:
                 metavar="PX",
                 help="look for faces from this box side in pixels (default and lowest: the model "
                 "card's min_face_size, 40 for the shipped model); larger is faster and smaller "
-                "faces are not reported (the 1080p benchmark clip: 2.1-2.2 s from 60 px, 1.5-1.7 s "
-                "from 80 px, 2.9-3.0 s from 40 px in the same runs; README, Speed)",
+                "faces are not reported: a file whose faces are all smaller gets no_face, which "
+                "exits 0 (the 1080p benchmark clip: 2.1-2.2 s from 60 px, 1.5-1.7 s from 80 px, "
+                "2.9-3.0 s from 40 px in the same runs; README, Speed)",
             ),
         ] = None,
         output: Annotated[
@@ -361,7 +362,8 @@ def _run(
         try:
             log = ResultLog(output, resume=resume)
             views = {kind: analyzer.views(kind) for kind in ("image", "video")}
-            log.check(analyzer.model_info, sampling.describe(), views, analyzer.min_face_size)
+            log.check(analyzer.model_info, sampling.describe(), views, analyzer.min_face_size,
+                      analyzer.card.min_face_size)
             log.accept()
         except OutputError as exc:
             if log is not None:

@@ -134,6 +134,12 @@ class ServeSettings(BaseSettings):
         False, description="TESTS ONLY: file names 'facetrust-fault-{crash,hang,oom}*' trigger faults"
     )
 
+    @field_validator("min_face", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """``FACETRUST_MIN_FACE=`` (empty, as ``${VAR:-}`` in a compose file gives) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:

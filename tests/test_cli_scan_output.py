@@ -133,18 +133,27 @@ def test_resume_refuses_a_file_it_cannot_trust_or_mix(tiny_model: Path, batch: P
     other = make_tiny_model(tmp_path / "other.onnx", version="0.0.2")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(log.read_text() + "not json\n" + log.read_text())
+    older = tmp_path / "older.jsonl"  # as written before results recorded min_face_size
+    older.write_text("".join(
+        json.dumps({k: v for k, v in json.loads(line).items() if k != "min_face_size"}) + "\n"
+        for line in log.read_text().splitlines()
+    ))
     for target, args, message in (
         (log, ("--model", other), "holds results of model tiny-test 0.0.1; this scan uses tiny-test 0.0.2"),
         (log, ("--model", tiny_model, "--multi-crop", "none"), "scored on 4 crop(s) per face"),
         (log, ("--model", tiny_model, "--min-face", "30"), "faces from 20 px; this scan looks from 30"),
         (vlog, ("--model", tiny_model), "holds videos sampled with count=4; this scan samples count=32"),
         (bad, ("--model", tiny_model), "line 2 is not a FaceTrust result"),
+        (older, ("--model", tiny_model, "--min-face", "30"), "do not say from which face size"),
     ):
         before = target.read_bytes()
         proc = scan(batch, *args, "-o", target, "--resume")
         assert proc.returncode == 2 and proc.stdout == "", proc.stdout
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert target.read_bytes() == before
+    # at the card's own min face such a file is still taken up (as before results recorded it)
+    code, out, err = scan_out(batch / "a_face.jpg", "--model", tiny_model, "-o", older, "--resume")
+    assert "1 of 1 files already have a result" in err and out[0]["min_face_size"] is None
 
 
 def test_output_file_is_not_scanned_and_is_locked(tiny_model: Path, batch: Path) -> None:

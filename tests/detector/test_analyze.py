@@ -609,10 +609,12 @@ def test_min_face_raises_the_smallest_face_looked_for(
         r = raised.analyze_bytes(small, "small.jpg")
     _assert_no_verdict(r, "no_face")
     assert r.min_face_size == 60 and r.faces == []
+    assert r.error == "no face found in the image (faces are looked for from a box side of 60 px)"
     with create_analyzer(tiny_model, min_face=150) as too_big:
         v = too_big.analyze_path(two_people, sampling=Sampling("count", 4))
     _assert_no_verdict(v, "no_face")
     assert v.min_face_size == 150 and v.tracks == [] and all(f.faces == [] for f in v.frames or [])
+    assert v.error and v.error.endswith("(faces are looked for from a box side of 150 px)")
     for bad, message in ((19, "min_face 19 px is outside 20..4096"), (4097, "outside 20..4096"),
                          (60.5, "whole number of pixels"), (True, "whole number of pixels")):
         with pytest.raises(ValueError, match=message):
@@ -621,3 +623,5 @@ def test_min_face_raises_the_smallest_face_looked_for(
         create_analyzer(tiny_model, face_detector=FaceDetector(min_face_size=30), min_face=60)
     own = create_analyzer(tiny_model, face_detector=FaceDetector(min_face_size=30))
     assert own.min_face_size == 30 and own.analyze_bytes(data, "a.jpg").min_face_size == 30
+    # a fractional limit is recorded rounded up (no face under the recorded size is reported)
+    assert create_analyzer(tiny_model, face_detector=FaceDetector(min_face_size=30.2)).min_face_size == 31

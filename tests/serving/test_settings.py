@@ -139,6 +139,19 @@ def test_settings_parsing(tmp_path: Path) -> None:
     assert is_loopback("127.0.0.2") and is_loopback("[::1]") and not is_loopback("0.0.0.0")
 
 
+def test_empty_min_face_means_unset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """FACETRUST_MIN_FACE= (empty, as ${VAR:-} in a compose file) is the model card's value."""
+    for name in [k for k in os.environ if k.startswith("FACETRUST_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FACETRUST_ALLOW_NO_AUTH", "1")
+    monkeypatch.setenv("FACETRUST_TEMP_DIR", str(tmp_path))
+    for empty in ("", "  "):
+        monkeypatch.setenv("FACETRUST_MIN_FACE", empty)
+        assert ServeSettings().min_face is None
+    monkeypatch.setenv("FACETRUST_MIN_FACE", "64")
+    assert ServeSettings().min_face == 64
+
+
 def test_safe_filename() -> None:
     assert safe_filename("../../etc/passwd") == "passwd"
     assert safe_filename("C:\\Users\\x\\photo.jpg") == "photo.jpg"
