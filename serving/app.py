@@ -285,7 +285,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
         """Readiness: the model is loaded and a warm-up inference passed in at least one worker."""
         ready, n, reason = server.readiness()
         body = ReadyResponse(
-            ready=ready, workers_ready=n, workers=settings.workers, model=server.model_info, reason=reason
+            ready=ready,
+            workers_ready=n,
+            workers=settings.workers,
+            model=server.model_info,
+            min_face_size=server.min_face,
+            multi_crop=settings.multi_crop,
+            reason=reason,
         )
         return JSONResponse(
             body.model_dump(mode="json"),

@@ -79,4 +79,10 @@ class ReadyResponse(BaseModel):
     workers_ready: int
     workers: int
     model: ModelInfo | None = None
+    min_face_size: int | None = Field(
+        default=None, description="faces are looked for from this box side in pixels (FACETRUST_MIN_FACE)"
+    )
+    multi_crop: str | None = Field(
+        default=None, description="media whose faces are scored on 4 views (FACETRUST_MULTI_CROP)"
+    )
     reason: str | None = None

@@ -30,6 +30,8 @@ def test_probes_and_docs(live: LiveServer) -> None:
         r = c.get("/readyz")
         assert r.status_code == 200
         assert r.json()["ready"] is True and r.json()["workers_ready"] == 2
+        # what every result of this server will say it used (tiny model card: faces from 20 px)
+        assert r.json()["min_face_size"] == 20 and r.json()["multi_crop"] == "images"
         spec = c.get("/openapi.json").json()
         body = spec["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]["multipart/form-data"]
         assert body["schema"]["required"] == ["file"]

@@ -147,3 +147,5 @@ def test_running_job_past_its_ttl_is_stopped(tight: LiveServer, small_face_jpeg:
         assert r.status_code == 200, r.text
         assert r.json()["result"]["crop_views"] == 1  # FACETRUST_MULTI_CROP=none reaches the workers
         assert r.json()["result"]["min_face_size"] == 30  # and FACETRUST_MIN_FACE=30
+        ready = c.get("/readyz").json()
+        assert ready["min_face_size"] == 30 and ready["multi_crop"] == "none"  # as /readyz says
