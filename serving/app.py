@@ -91,6 +91,7 @@ class SamplingQuery:
 
     sampling: Sampling | None
     report: bool = False
+    min_face: int | None = None
 
 
 #: Seconds between checks that the client of a synchronous analysis is still connected.
@@ -101,7 +102,7 @@ DISCONNECT_POLL_S = 0.5
 CLOSE_AFTER = frozenset({400, 408, 413})
 
 #: The query parameters of the analysis routes.
-QUERY_PARAMS = ("frames", "fps", "all_frames")
+QUERY_PARAMS = ("frames", "fps", "all_frames", "min_face")
 #: ``POST /v1/jobs`` also takes ``report``.
 JOB_QUERY_PARAMS = (*QUERY_PARAMS, "report")
 
@@ -113,6 +114,15 @@ FpsQuery = Annotated[
     float | None, Query(gt=0, le=240, allow_inf_nan=False, description="sample this many frames per second")
 ]
 AllFramesQuery = Annotated[bool, Query(description="analyse every frame")]
+MinFaceQuery = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=4096,
+        description="look for faces from this box side in pixels, at least the server's min_face_size "
+        "(GET /readyz; FACETRUST_MIN_FACE); faster, smaller faces are not reported",
+    ),
+]
 
 
 def sampling_query(
@@ -120,10 +130,12 @@ def sampling_query(
     frames: FramesQuery = None,
     fps: FpsQuery = None,
     all_frames: AllFramesQuery = False,
+    min_face: MinFaceQuery = None,
 ) -> SamplingQuery:
-    """Parse ``frames`` / ``fps`` / ``all_frames`` (ignored for images). An unknown or repeated
-    parameter is refused (422): a misspelt ``FRAMES=4`` must not quietly become the default."""
-    return _sampling(request, QUERY_PARAMS, frames, fps, all_frames)
+    """Parse ``frames`` / ``fps`` / ``all_frames`` (ignored for images) and ``min_face``. An unknown
+    or repeated parameter is refused (422): a misspelt ``FRAMES=4`` must not quietly become the
+    default."""
+    return _sampling(request, QUERY_PARAMS, frames, fps, all_frames, min_face)
 
 
 def job_query(
@@ -136,13 +148,16 @@ def job_query(
         Query(description="also make a self-contained HTML report (GET /v1/jobs/{job_id}/report "
                           "once the job has finished): verdict, timeline, face thumbnails, the result"),
     ] = False,
+    min_face: MinFaceQuery = None,
 ) -> SamplingQuery:
     """:func:`sampling_query` plus ``report``."""
-    return SamplingQuery(_sampling(request, JOB_QUERY_PARAMS, frames, fps, all_frames).sampling, report)
+    parsed = _sampling(request, JOB_QUERY_PARAMS, frames, fps, all_frames, min_face)
+    return SamplingQuery(parsed.sampling, report, parsed.min_face)
 
 
 def _sampling(
-    request: Request, allowed: tuple[str, ...], frames: int | None, fps: float | None, all_frames: bool
+    request: Request, allowed: tuple[str, ...], frames: int | None, fps: float | None, all_frames: bool,
+    min_face: int | None = None,
 ) -> SamplingQuery:
     unknown = sorted({k for k in request.query_params if k not in allowed})
     if unknown:
@@ -158,13 +173,19 @@ def _sampling(
     ]
     if len(chosen) > 1:
         raise ApiError(422, "bad_request", f"choose one of frames, fps, all_frames (got {', '.join(chosen)})")
+    floor = request.app.state.server.min_face
+    if min_face is not None and min_face < floor:
+        raise ApiError(
+            422, "bad_request",
+            f"min_face={min_face} is below this server's smallest face size, {floor} px (GET /readyz)",
+        )
     if frames is not None:
-        return SamplingQuery(("count", float(frames)))
+        return SamplingQuery(("count", float(frames)), min_face=min_face)
     if fps is not None:
-        return SamplingQuery(("fps", float(fps)))
+        return SamplingQuery(("fps", float(fps)), min_face=min_face)
     if all_frames:
-        return SamplingQuery(("all", 0.0))
-    return SamplingQuery(None)
+        return SamplingQuery(("all", 0.0), min_face=min_face)
+    return SamplingQuery(None, min_face=min_face)
 
 
 SamplingParams = Annotated[SamplingQuery, Depends(sampling_query)]
@@ -345,6 +366,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                     queue_timeout=settings.timeout,
                     ctx=ctx,
                     cancel=gone,
+                    min_face=query.min_face,
                 )
             finally:
                 watcher.cancel()
@@ -403,7 +425,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             upload = await _receive(request, ctx)
             try:
                 fmt = server.classify_upload(upload, ctx)
-                job = server.jobs.submit(upload, fmt, query.sampling, key_id, report=query.report)
+                job = server.jobs.submit(
+                    upload, fmt, query.sampling, key_id, report=query.report, min_face=query.min_face
+                )
             except BaseException:
                 upload.discard()
                 raise

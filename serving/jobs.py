@@ -55,6 +55,7 @@ class Job:
     sha256: str | None = None
     settled: bool = False
     report: bool = False
+    min_face: int | None = None  # None: the server's
     report_html: bytes | None = None
     report_sha256: str | None = None
     report_error: str | None = None
@@ -97,7 +98,8 @@ class JobStore:
 
     # -- API -------------------------------------------------------------------------
     def submit(
-        self, upload: Upload, fmt: str, sampling: Sampling | None, key_id: str, *, report: bool = False
+        self, upload: Upload, fmt: str, sampling: Sampling | None, key_id: str, *, report: bool = False,
+        min_face: int | None = None,
     ) -> Job:
         """Queue a job for an admitted upload (the job now owns the upload and the slot); with
         ``report``, an HTML report is made when it finishes."""
@@ -121,6 +123,7 @@ class JobStore:
             sha256=upload.sha256,
             media_type=media_kind(fmt) if media_kind(fmt) != EITHER else None,
             report=report,
+            min_face=min_face,
         )
         self._jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job))
@@ -224,6 +227,7 @@ class JobStore:
                     progress=job.progress,
                     cancel=job.cancel,
                     report=job.report,
+                    min_face=job.min_face,
                 )
             if job.report and result_status(analysis.result) != "cancelled":
                 await self._make_report(job, analysis)

@@ -177,9 +177,11 @@ class Server:
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
         report: bool = False,
+        min_face: int | None = None,
     ) -> Analysis:
         """Run one upload in a worker; every way it can end becomes an :class:`Analysis`
         (with ``report``, one that carries the face thumbnails of the result's HTML report).
+        ``min_face``: look for faces from this box side (None: the server's; never below it).
 
         Raises 503 ``busy`` when no worker frees up within ``queue_timeout`` seconds.
         """
@@ -205,6 +207,7 @@ class Server:
             timeout=timeout,
             max_frames=max_frames,
             report=report,
+            min_face=None if min_face == self.min_face else min_face,
         )
         outcome = await self.pool.run(worker, task, progress=progress, cancel=cancel)
         timings["analysis"] = outcome.seconds

@@ -59,6 +59,40 @@ class Task:
     timeout: float
     max_frames: int | None = None
     report: bool = False
+    min_face: int | None = None  # None: the worker's own (FACETRUST_MIN_FACE or the card's)
+
+
+#: Analyzers a worker keeps for per-request ``min_face`` values besides its own (least recently
+#: used dropped first); they share its classifier, each has its own face detector.
+EXTRA_ANALYZERS = 4
+
+
+class _Analyzers:
+    """A worker's analyzer, and ones for other ``min_face`` values made when asked for."""
+
+    def __init__(self, base: Any, config: WorkerConfig) -> None:
+        self.base, self.config = base, config
+        self.extra: dict[int, Any] = {}
+
+    def get(self, min_face: int | None) -> Any:
+        if min_face is None or min_face == self.base.min_face_size:
+            return self.base
+        analyzer = self.extra.pop(min_face, None)
+        if analyzer is None:
+            from detector.analyze import create_analyzer
+
+            analyzer = create_analyzer(
+                self.base.classifier,
+                limits=self.base.limits,
+                threads=self.config.threads,
+                multi_crop=self.base.multi_crop,
+                min_face=min_face,
+            )
+            if len(self.extra) >= EXTRA_ANALYZERS:
+                oldest = next(iter(self.extra))
+                self.extra.pop(oldest).close()
+        self.extra[min_face] = analyzer  # (re)inserted last: most recently used
+        return analyzer
 
 
 def _apply_limits(memory_mb: int) -> None:
@@ -240,6 +274,7 @@ def worker_main(conn: Any, config: WorkerConfig) -> None:
             pass
         return
     conn.send(("ready", {**info, "pid": os.getpid()}))
+    analyzers = _Analyzers(analyzer, config)
     while True:
         try:
             msg = conn.recv()
@@ -250,7 +285,7 @@ def worker_main(conn: Any, config: WorkerConfig) -> None:
         if msg[0] != "analyze":
             continue  # a cancel for a task that already finished
         try:
-            payload = _run(analyzer, conn, msg[1], config)
+            payload = _run(analyzers.get(msg[1].min_face), conn, msg[1], config)
         except Exception as exc:  # noqa: BLE001 - a bug in this module: report, keep serving
             payload = {"internal": f"{type(exc).__name__}: {exc}"}
         try:

@@ -183,6 +183,11 @@ def test_sync_frame_limit(live: LiveServer, face_video: bytes) -> None:
         {"FRAMES": 4},
         {"bogus": 1},
         [("frames", 4), ("frames", 5)],
+        {"min_face": 19},
+        {"min_face": 0},
+        {"min_face": 4097},
+        {"min_face": "abc"},
+        [("min_face", 30), ("min_face", 40)],
     ],
 )
 def test_bad_sampling_parameters(live: LiveServer, small_face_jpeg: bytes, params) -> None:
@@ -199,6 +204,39 @@ def test_bad_sampling_parameters(live: LiveServer, small_face_jpeg: bytes, param
         assert "unknown query parameter" in message and "allowed: frames, fps, all_frames" in message
     if "nan" in str(params) or "inf" in str(params):
         assert "finite" in message
+    if params == {"min_face": 19}:  # the tiny model card's min_face_size is 20
+        assert message == "min_face=19 is below this server's smallest face size, 20 px (GET /readyz)"
+
+
+def test_min_face_per_request(live: LiveServer, face_jpeg: bytes, face_video: bytes) -> None:
+    """``min_face`` raises the smallest face looked for in one request, as `scan --min-face`:
+    recorded in the result; a face below it is not reported (no_face, no score)."""
+    with live.client() as c:
+        plain = c.post("/v1/analyze", files={"file": ("a.jpg", face_jpeg)}).json()["result"]
+        raised = c.post("/v1/analyze", params={"min_face": 60}, files={"file": ("a.jpg", face_jpeg)})
+        over = c.post("/v1/analyze", params={"min_face": 150}, files={"file": ("a.jpg", face_jpeg)})
+        clip = c.post("/v1/analyze", params={"frames": 4, "min_face": 1000},
+                      files={"file": ("clip.mp4", face_video)})
+        job = c.post("/v1/jobs", params={"min_face": 60}, files={"file": ("a.jpg", face_jpeg)})
+        assert job.status_code == 202, job.text
+        from tests.serving.test_jobs import poll
+
+        done = poll(c, job.json()["job_id"], {"done", "failed"})[-1]
+    assert plain["min_face_size"] == 20 and plain["status"] == "ok"
+    assert raised.status_code == 200, raised.text
+    r = raised.json()["result"]  # the astronaut's face box is about 87 x 110 px
+    assert r["status"] == "ok" and r["min_face_size"] == 60
+    # the pyramid stays anchored at 20 px: here the same box, so the same score
+    assert r["faces"][0]["box"] == plain["faces"][0]["box"]
+    assert r["fake_probability"] == plain["fake_probability"]
+    assert over.status_code == 200 and over.json()["result"]["status"] == "no_face"
+    assert over.json()["result"]["fake_probability"] is None and over.json()["result"]["min_face_size"] == 150
+    assert "150 px" in over.json()["result"]["error"]
+    assert clip.status_code == 200 and clip.json()["result"]["status"] == "no_face"
+    assert clip.json()["result"]["min_face_size"] == 1000
+    assert clip.json()["result"]["video"]["frames_sampled"] == 4
+    assert done["state"] == "done" and done["result"]["min_face_size"] == 60
+    assert live.wait_no_leftovers() == []
 
 
 def test_undecodable_image_keeps_its_media_type(live: LiveServer, small_face_jpeg: bytes) -> None:
