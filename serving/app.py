@@ -86,8 +86,9 @@ _JOB_ERRORS = _errors(401, 403, 404, 500)
 
 @dataclass(frozen=True)
 class SamplingQuery:
-    """Video frame sampling from the query string (at most one of the three), and for
-    ``POST /v1/jobs`` whether to make an HTML report."""
+    """Video frame sampling from the query string (at most one of the three), for
+    ``POST /v1/jobs`` whether to make an HTML report, and the ``min_face`` asked for (None: the
+    server's)."""
 
     sampling: Sampling | None
     report: bool = False
@@ -342,6 +343,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         (422 ``over_sync_limit``): submit those to ``POST /v1/jobs``.
         """
         ctx = _ctx(request)
+        ctx.min_face = query.min_face
         server.require_ready()
         sampling = query.sampling
         if sampling is not None and sampling[0] == "count" and sampling[1] > settings.sync_max_frames:
@@ -418,6 +420,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         """Queue an image or video for analysis; poll ``GET /v1/jobs/{job_id}``. With
         ``report=true``, its HTML report is at ``GET /v1/jobs/{job_id}/report`` once finished."""
         ctx = _ctx(request)
+        ctx.min_face = query.min_face
         server.require_ready()
         server.admit()
         job = None

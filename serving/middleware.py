@@ -41,6 +41,7 @@ class RequestContext:
     fake_probability: float | None = None
     error_code: str | None = None
     job_id: str | None = None
+    min_face: int | None = None  # the min_face a request asked for (None: the server's)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -126,6 +127,7 @@ class ServingMiddleware:
             "verdict": ctx.verdict,
             "fake_probability": ctx.fake_probability,
             "model": self.model_header,
+            "min_face": ctx.min_face,
             "timings": {**{k: round(v, 4) for k, v in ctx.timings.items()}, "total": round(elapsed, 4)},
         }
         audit_log.info(json.dumps(record, separators=(",", ":"), sort_keys=False))

@@ -80,7 +80,9 @@ class ReadyResponse(BaseModel):
     workers: int
     model: ModelInfo | None = None
     min_face_size: int | None = Field(
-        default=None, description="faces are looked for from this box side in pixels (FACETRUST_MIN_FACE)"
+        default=None,
+        description="faces are looked for from this box side in pixels unless a request raises it with "
+        "min_face (FACETRUST_MIN_FACE, or the model card's min_face_size): the lowest min_face accepted",
     )
     multi_crop: str | None = Field(
         default=None, description="media whose faces are scored on 4 views (FACETRUST_MULTI_CROP)"

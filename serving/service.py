@@ -181,7 +181,8 @@ class Server:
     ) -> Analysis:
         """Run one upload in a worker; every way it can end becomes an :class:`Analysis`
         (with ``report``, one that carries the face thumbnails of the result's HTML report).
-        ``min_face``: look for faces from this box side (None: the server's; never below it).
+        ``min_face``: look for faces from this box side (None: the server's; the route has checked
+        that it is not below it).
 
         Raises 503 ``busy`` when no worker frees up within ``queue_timeout`` seconds.
         """

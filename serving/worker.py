@@ -63,12 +63,18 @@ class Task:
 
 
 #: Analyzers a worker keeps for per-request ``min_face`` values besides its own (least recently
-#: used dropped first); they share its classifier, each has its own face detector.
+#: used dropped first; a fixed constant); they share its classifier, each has its own face
+#: detector, whose threads :meth:`_Analyzers.release` stops after every task.
 EXTRA_ANALYZERS = 4
 
 
 class _Analyzers:
-    """A worker's analyzer, and ones for other ``min_face`` values made when asked for."""
+    """A worker's analyzer, and ones for other ``min_face`` values made when asked for.
+
+    An extra analyzer's detection threads are stopped after each task (:meth:`release`; the next
+    task starts new ones, which costs well under a millisecond per thread): kept alive, each set
+    would hold its stacks and malloc arenas, and the worker's address-space limit counts them.
+    """
 
     def __init__(self, base: Any, config: WorkerConfig) -> None:
         self.base, self.config = base, config
@@ -93,6 +99,11 @@ class _Analyzers:
                 self.extra.pop(oldest).close()
         self.extra[min_face] = analyzer  # (re)inserted last: most recently used
         return analyzer
+
+    def release(self, analyzer: Any) -> None:
+        """After a task: stop an extra analyzer's detection threads (the worker's own keep running)."""
+        if analyzer is not self.base:
+            analyzer.close()
 
 
 def _apply_limits(memory_mb: int) -> None:
@@ -169,8 +180,9 @@ def _fault(name: str, memory_mb: int) -> None:
         del hog
 
 
-def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str, Any]:
-    """Analyse one task; forwards progress and honours cancel/time/frame limits."""
+def _run(analyzers: _Analyzers, conn: Any, task: Task, config: WorkerConfig) -> dict[str, Any]:
+    """Analyse one task (with the analyzer for its ``min_face``); forwards progress and honours
+    cancel/time/frame limits."""
     from detector.report import CropCollector
     from detector.schema import AnalysisResult, Status
     from detector.video import Sampling
@@ -194,7 +206,9 @@ def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str
         return bool(flags["cancelled"] or flags["over_limit"] or flags["timed_out"])
 
     crops = CropCollector() if task.report else None
+    analyzer = analyzers.base
     try:
+        analyzer = analyzers.get(task.min_face)
         if config.test_faults:
             _fault(task.name, config.memory_mb)
         kind = task.kind
@@ -223,6 +237,8 @@ def _run(analyzer: Any, conn: Any, task: Task, config: WorkerConfig) -> dict[str
             error="MemoryError",
             model=analyzer.model_info,
         )
+    finally:
+        analyzers.release(analyzer)
     status = str(getattr(result.status, "value", result.status))
     if status == "error" and (result.error or "").startswith("MemoryError"):
         result.status = Status.too_large
@@ -285,7 +301,7 @@ def worker_main(conn: Any, config: WorkerConfig) -> None:
         if msg[0] != "analyze":
             continue  # a cancel for a task that already finished
         try:
-            payload = _run(analyzers.get(msg[1].min_face), conn, msg[1], config)
+            payload = _run(analyzers, conn, msg[1], config)
         except Exception as exc:  # noqa: BLE001 - a bug in this module: report, keep serving
             payload = {"internal": f"{type(exc).__name__}: {exc}"}
         try:

@@ -30,7 +30,7 @@ def test_probes_and_docs(live: LiveServer) -> None:
         r = c.get("/readyz")
         assert r.status_code == 200
         assert r.json()["ready"] is True and r.json()["workers_ready"] == 2
-        # what every result of this server will say it used (tiny model card: faces from 20 px)
+        # the server's default and lowest min face (tiny model card: faces from 20 px)
         assert r.json()["min_face_size"] == 20 and r.json()["multi_crop"] == "images"
         spec = c.get("/openapi.json").json()
         body = spec["paths"]["/v1/analyze"]["post"]["requestBody"]["content"]["multipart/form-data"]
@@ -213,7 +213,8 @@ def test_min_face_per_request(live: LiveServer, face_jpeg: bytes, face_video: by
     recorded in the result; a face below it is not reported (no_face, no score)."""
     with live.client() as c:
         plain = c.post("/v1/analyze", files={"file": ("a.jpg", face_jpeg)}).json()["result"]
-        raised = c.post("/v1/analyze", params={"min_face": 60}, files={"file": ("a.jpg", face_jpeg)})
+        raised = c.post("/v1/analyze", params={"min_face": 60}, files={"file": ("a.jpg", face_jpeg)},
+                        headers={"X-Request-ID": "min-face-60"})
         over = c.post("/v1/analyze", params={"min_face": 150}, files={"file": ("a.jpg", face_jpeg)})
         clip = c.post("/v1/analyze", params={"frames": 4, "min_face": 1000},
                       files={"file": ("clip.mp4", face_video)})
@@ -236,6 +237,7 @@ def test_min_face_per_request(live: LiveServer, face_jpeg: bytes, face_video: by
     assert clip.json()["result"]["min_face_size"] == 1000
     assert clip.json()["result"]["video"]["frames_sampled"] == 4
     assert done["state"] == "done" and done["result"]["min_face_size"] == 60
+    assert live.audit("min-face-60")["min_face"] == 60  # the audit line says what was asked for
     assert live.wait_no_leftovers() == []
 
 
@@ -281,7 +283,7 @@ def test_audit_line_per_request(live: LiveServer, small_face_jpeg: bytes) -> Non
     assert ok["key_id"] == "alice" and ok["sha256"] == digest and ok["status"] == 200
     assert ok["media_type"] == "image" and ok["format"] == "jpeg" and ok["size_bytes"] == len(small_face_jpeg)
     assert ok["result_status"] == "ok" and ok["verdict"] in ("real", "fake")
-    assert ok["model"] == "tiny-test/0.0.1"
+    assert ok["model"] == "tiny-test/0.0.1" and ok["min_face"] is None  # none asked for
     assert {"upload", "queue", "analysis", "total"} <= set(ok["timings"])
     refused = live.audit("audit-2")
     assert refused["status"] == 415 and refused["error"] == "unsupported_media"

@@ -21,6 +21,18 @@ def test_one_analyzer_per_min_face_sharing_the_classifier(tiny_model: Path) -> N
     assert raised.classifier is base.classifier and raised.limits is base.limits
     assert raised.multi_crop == "none"
     assert raised.face_detector.pyramid_face_size == base.card.min_face_size == 20
+    # after a task, an extra analyzer's detection threads are stopped (the worker's own are kept)
+    import numpy as np
+
+    from tests.detector.scan_media import jpeg_bytes
+
+    picture = jpeg_bytes(np.full((64, 64, 3), 128, np.uint8))
+    for analyzer in (base, raised):
+        analyzer.face_detector.threads = 2  # so that detection starts a thread pool
+        assert analyzer.analyze_bytes(picture, "grey.jpg").status == "no_face"
+        assert analyzer.face_detector._pool is not None
+        pool.release(analyzer)
+    assert raised.face_detector._pool is None and base.face_detector._pool is not None
     # at most EXTRA_ANALYZERS others are kept: the least recently used one goes
     made = [pool.get(70 + i) for i in range(EXTRA_ANALYZERS - 1)]
     pool.get(60)  # used again: now the most recent
