@@ -247,7 +247,6 @@ MultiCrop = Literal["none", "images", "all"]
 DEFAULT_MULTI_CROP: MultiCrop = "images"
 
 
-
 class Analyzer:
     """Scores every face of images and videos with one classifier and one face detector.
 

@@ -206,8 +206,8 @@ def resolve_min_face(card: ModelCard, min_face: int | None = None) -> int:
     ``min_face`` when it raises it. Raises ``ValueError`` below the card's (the model was never
     trained on smaller faces, so their scores would mean nothing) or above :data:`MAX_MIN_FACE`.
 
-    A larger value is a speed setting: the detector skips the pyramid levels that only find
-    smaller faces (README, "Speed"), and smaller faces are not reported.
+    A larger value is a speed setting: the detector skips the pyramid levels built for smaller
+    faces (README, "Speed"), and smaller faces are not reported.
     """
     if min_face is None:
         return int(card.min_face_size)

@@ -411,7 +411,7 @@ class FaceDetector:
     ``min_face_size`` is the smallest face side in original image pixels (smaller detections are
     dropped); ``pyramid_face_size`` (at most ``min_face_size``; default: equal) the face size the
     pyramid's scales are anchored at (module docstring, "Pyramid anchor": a model trained on
-    boxes of a pyramid anchored at its card's ``min_face_size`` keeps them with a larger
+    boxes of a pyramid anchored at its card's ``min_face_size`` keeps most of them with a larger
     ``min_face_size``); ``thresholds`` are the P-, R- and O-Net score thresholds; ``factor`` is the pyramid
     scale step; frames with a longer side above ``max_side`` are downscaled to it first (see the
     module docstring and :data:`DEFAULT_MAX_SIDE`); ``orient`` checks each face's orientation
