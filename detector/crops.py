@@ -31,6 +31,18 @@ def crop_window(box: Sequence[float], margin: float) -> tuple[int, int, int]:
     return int(np.floor(sx0)), int(np.floor(sy0)), max(1, int(round(sx1 - sx0)))
 
 
+def outside_fraction(box: Sequence[float], width: int, height: int) -> float:
+    """Share of the area of face ``box`` that lies outside a ``width`` x ``height`` picture: 0 for
+    a face wholly inside, 0.2 for one whose lower fifth (the chin) is cut off by the bottom edge.
+    The detector's boxes are not clipped to the picture, so a face cut by an edge shows here."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    area = (x1 - x0) * (y1 - y0)
+    if not area > 0:
+        raise ValueError(f"degenerate face box {tuple(box)}")
+    inside = max(0.0, min(x1, width) - max(x0, 0.0)) * max(0.0, min(y1, height) - max(y0, 0.0))
+    return float(min(1.0, max(0.0, 1.0 - inside / area)))
+
+
 def to_crop_coords(
     points: np.ndarray | Sequence[Sequence[float]], box: Sequence[float], margin: float, size: int
 ) -> np.ndarray:

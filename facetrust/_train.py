@@ -255,18 +255,23 @@ def degrade(
     codec: Annotated[list[str] | None, typer.Option(
         help="also score copies saved as a phone saves photos and decoded back as an upload: jpeg90, "
              "heic80 (needs the heic extra) or avif80 (repeat for several)")] = None,
+    edge_cut: Annotated[list[float] | None, typer.Option(
+        help="also score whole faces from copies cut so that this share of the face box (-0.15 to "
+             "0.5; negative: the picture ends that far outside the box, a black border in the crop) "
+             "lies beyond the bottom, top, left or right edge, found again by the detector (repeat "
+             "for several, e.g. --edge-cut -0.05 --edge-cut 0.1)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Scores per label on JPEG-recompressed, lower-resolution and blurred copies (quality shortcut),
-    with --codec on copies saved as HEIC, AVIF or JPEG, and with --face-size on faces shrunk to a
-    given size."""
+    with --codec on copies saved as HEIC, AVIF or JPEG, with --face-size on faces shrunk to a
+    given size, and with --edge-cut on faces cut by the picture's edge."""
     _check_report_args(verbose, split, frames)
     try:
         from training.robustness import quality_shift
 
         report = quality_shift(model, card, root, split=split, frames=frames, max_real=max_real, out=out,
                                multi_crop=multi_crop, face_sizes=tuple(face_size or ()),
-                               codecs=tuple(codec or ()))
+                               codecs=tuple(codec or ()), edge_cuts=tuple(edge_cut or ()))
     except _known_errors() as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(report, indent=2))

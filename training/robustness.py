@@ -31,6 +31,17 @@ resampling) until its box side is S px, with the face found again by the detecto
 (as a smaller upload would be analysed) and cropped there. Per size the report gives each
 label's faces scored, faces the detector no longer found, faces left out as already smaller
 than 1.15 S (``too_small``), mean probability and the shares above the thresholds.
+
+``facetrust degrade --edge-cut F`` (repeatable, -0.15 <= F < 0.5, F != 0) adds the cut-face check:
+each face whose box lies wholly inside the picture is also scored from four copies of the picture
+cut so that the share F of its box lies beyond the bottom, top, left or right edge (a chin cut
+off by a selfie's frame, a forehead by a video call's; a negative F ends the picture -F of the
+box outside it, which THE crop's 1.3 margin shows as a black border), found again by the detector on that copy
+and cropped there as an upload would be. Per F the report gives each label's faces scored
+(four sides pooled, and per side), faces the detector no longer found, mean probability, the
+shares above the thresholds and the median share of the found box outside the copy
+(:func:`detector.crops.outside_fraction`, what serving measures); ``by_outside`` bins every
+face scored in the report's original and cut copies by that share.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from detector.crops import outside_fraction
 from training.augment import down_up, jpeg
 from training.metrics import binary_metrics
 
@@ -257,6 +269,7 @@ def quality_shift(
     multi_crop: bool = False,
     face_sizes: Sequence[int] = (),
     codecs: Sequence[str] = (),
+    edge_cuts: Sequence[float] = (),
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -265,7 +278,8 @@ def quality_shift(
 
     ``max_real``: at most this many real items (seeded); every fake item is kept.
     ``multi_crop``: score each face as the mean of its 4 views. ``face_sizes``: box sides (px)
-    for the face-size check (module doc). Writes ``degrade.json`` to ``out`` if given. Files
+    for the face-size check, ``edge_cuts``: shares of the box for the cut-face check (module
+    doc). Writes ``degrade.json`` to ``out`` if given. Files
     that cannot be decoded are listed under ``unreadable``.
     """
     from detector.analyze import create_analyzer
@@ -273,6 +287,10 @@ def quality_shift(
     if max_real is not None and max_real < 1:
         raise ValueError("--max-real must be >= 1")
     sizes = sorted({int(s) for s in face_sizes})
+    cuts = sorted({float(f) for f in edge_cuts})
+    if any(not (-0.15 <= f < 0.5) or f == 0.0 for f in cuts):
+        raise ValueError("each --edge-cut must be within [-0.15, 0.5) and not 0: the share of the face box "
+                         "cut off (negative: the picture ends that far outside the box, a black border)")
     unknown = sorted(set(codecs) - set(CODECS))
     if unknown:
         raise ValueError(f"unknown codec(s) {', '.join(unknown)}; choose from {', '.join(CODECS)}")
@@ -296,6 +314,9 @@ def quality_shift(
     labels: list[int] = []
     # per size: (label, probability or None when the detector lost the face)
     shrunk: dict[int, list[tuple[int, float | None | bool]]] = {s: [] for s in sizes}
+    # per share: (label, side, probability or None when lost, share of the found box outside)
+    cut: dict[float, list[tuple[int, str, float | None, float]]] = {f: [] for f in cuts}
+    outside: list[tuple[int, float, float]] = []  # every face scored: (label, outside share, probability)
     for n, it in enumerate(items):
         for image in _images(it.path, it.media, frames, unreadable):
             faces = analyzer.face_detector.detect(image)
@@ -306,11 +327,22 @@ def quality_shift(
                 crops = _face_crops(pic, [f.box for f in faces], mcard, multi_crop)
                 scored = analyzer.classifier.score(crops, views=_views(multi_crop))
                 probs[name] += scored.probabilities.tolist()
+                if name == "original" and cuts:
+                    outside += [(it.label, outside_fraction(f.box, image.shape[1], image.shape[0]), float(p))
+                                for f, p in zip(faces, scored.probabilities, strict=True)]
             labels += [it.label] * len(faces)
             for face in faces:
                 for size in sizes:
                     score = _shrunk_score(analyzer, image, face.box, size, multi_crop)
                     shrunk[size].append((it.label, score))
+                if outside_fraction(face.box, image.shape[1], image.shape[0]) > 0.0:
+                    continue  # already cut: the check cuts faces that were whole
+                for f in cuts:
+                    for side in EDGE_SIDES:
+                        got = _cut_score(analyzer, image, face.box, f, side, multi_crop)
+                        cut[f].append((it.label, side, *got))
+                        if got[0] is not None:
+                            outside.append((it.label, got[1], got[0]))
         if progress:
             progress(n + 1, len(items))
     y = np.array(labels, dtype=np.int64)
@@ -351,7 +383,106 @@ def quality_shift(
                     "above_strict": float((sel >= mcard.threshold_strict).mean()) if len(sel) else None,
                 }
             report["face_sizes"][str(size)] = row
+    if cuts:
+        report["edge_cuts"] = {str(f): _cut_rows(cut[f], mcard) for f in cuts}
+        report["by_outside"] = _outside_bins(outside, mcard)
     return _save(report, out, "degrade.json")
+
+
+#: The picture edges ``degrade --edge-cut`` cuts a face by.
+EDGE_SIDES = ("bottom", "top", "left", "right")
+#: Bin edges of ``by_outside`` (share of the face box outside the picture): whole faces first.
+OUTSIDE_BINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+def cut_picture(
+    image: np.ndarray, box: Sequence[float], fraction: float, side: str
+) -> tuple[np.ndarray, int, int]:
+    """``image`` cut so that ``fraction`` of face ``box`` (its height for ``bottom``/``top``, its
+    width for ``left``/``right``) lies beyond that edge (negative: the edge ``-fraction`` of it
+    outside the box); returns the copy and its offset ``(dx,
+    dy)`` in ``image`` (subtract it from ``image`` coordinates)."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    h, w = image.shape[:2]
+    dy_box, dx_box = fraction * (y1 - y0), fraction * (x1 - x0)
+    if side == "bottom":
+        return image[: max(1, min(h, int(np.ceil(y1 - dy_box))))], 0, 0
+    if side == "top":
+        top = min(h - 1, max(0, int(np.floor(y0 + dy_box))))
+        return image[top:], 0, top
+    if side == "right":
+        return image[:, : max(1, min(w, int(np.ceil(x1 - dx_box))))], 0, 0
+    if side == "left":
+        left = min(w - 1, max(0, int(np.floor(x0 + dx_box))))
+        return image[:, left:], left, 0
+    raise ValueError(f"side must be one of {', '.join(EDGE_SIDES)}, not {side!r}")
+
+
+def _cut_score(
+    analyzer: Any, image: np.ndarray, box: Sequence[float], fraction: float, side: str, multi_crop: bool
+) -> tuple[float | None, float]:
+    """The face at ``box`` scored from :func:`cut_picture`'s copy, found again there by the
+    detector (the found box that contains the face's centre and overlaps it most): its
+    probability (None when not found) and the share of the found box outside the copy."""
+    pic, dx, dy = cut_picture(np.ascontiguousarray(image), box, fraction, side)
+    pic = np.ascontiguousarray(pic)
+    x0, y0, x1, y1 = (float(box[0]) - dx, float(box[1]) - dy, float(box[2]) - dx, float(box[3]) - dy)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    found = [g for g in analyzer.face_detector.detect(pic)
+             if g.box[0] <= cx <= g.box[2] and g.box[1] <= cy <= g.box[3]]
+    if not found:
+        return None, float("nan")
+
+    def overlap(g: Any) -> float:
+        iw = max(0.0, min(x1, g.box[2]) - max(x0, g.box[0]))
+        ih = max(0.0, min(y1, g.box[3]) - max(y0, g.box[1]))
+        return iw * ih
+
+    best = max(found, key=overlap)
+    crops = _face_crops(pic, [best.box], analyzer.card, multi_crop)
+    prob = float(analyzer.classifier.score(crops, views=_views(multi_crop)).probabilities[0])
+    return prob, outside_fraction(best.box, pic.shape[1], pic.shape[0])
+
+
+def _rates(probs: Sequence[float], card: Any) -> dict[str, Any]:
+    sel = np.asarray(probs, dtype=np.float64)
+    return {
+        "faces": int(len(sel)),
+        "mean_probability": float(sel.mean()) if len(sel) else None,
+        "above_balanced": float((sel >= card.threshold_balanced).mean()) if len(sel) else None,
+        "above_strict": float((sel >= card.threshold_strict).mean()) if len(sel) else None,
+    }
+
+
+def _cut_rows(rows: Sequence[tuple[int, str, float | None, float]], card: Any) -> dict[str, Any]:
+    """Per label: the four sides pooled, then per side (see the module doc)."""
+    out: dict[str, Any] = {}
+    for lab, key in ((0, "real"), (1, "fake")):
+        mine = [r for r in rows if r[0] == lab]
+        found = [r for r in mine if r[2] is not None]
+        row = _rates([r[2] for r in found], card)
+        row["not_found"] = len(mine) - len(found)
+        row["median_outside"] = float(np.median([r[3] for r in found])) if found else None
+        row["sides"] = {
+            side: _rates([r[2] for r in found if r[1] == side], card)
+            | {"not_found": sum(1 for r in mine if r[1] == side and r[2] is None)}
+            for side in EDGE_SIDES
+        }
+        out[key] = row
+    return out
+
+
+def _outside_bins(faces: Sequence[tuple[int, float, float]], card: Any) -> dict[str, Any]:
+    """Every face scored (original and cut copies) per bin of :data:`OUTSIDE_BINS`: ``"0"`` for
+    faces wholly inside, then ``"lo-hi"`` (lo excluded, hi included)."""
+    out: dict[str, Any] = {}
+    for k, hi in enumerate(OUTSIDE_BINS):
+        lo = OUTSIDE_BINS[k - 1] if k else None
+        name = "0" if lo is None else f"{lo:g}-{hi:g}"
+        inside = [(y, p) for y, share, p in faces if (share <= 0.0 if lo is None else lo < share <= hi)]
+        out[name] = {key: _rates([p for y, p in inside if y == lab], card)
+                     for lab, key in ((0, "real"), (1, "fake"))}
+    return out
 
 
 def _shrunk_score(

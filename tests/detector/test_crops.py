@@ -14,6 +14,7 @@ from detector.crops import (
     crop_face,
     crop_views,
     crop_window,
+    outside_fraction,
     square_box,
     to_crop_coords,
     to_model_input,
@@ -70,6 +71,27 @@ def test_degenerate_box_and_bad_image_are_refused() -> None:
         square_box((10, 10, 10, 30), 1.3)
     with pytest.raises(ValueError):
         crop_face(np.zeros((10, 10), np.uint8), (1, 1, 5, 5), 1.3, 16)
+
+
+@given(boxes, st.integers(1, 1000), st.integers(1, 1000))
+def test_outside_fraction_is_the_share_of_the_box_area_off_the_picture(box, width, height) -> None:
+    share = outside_fraction(box, width, height)
+    assert 0.0 <= share <= 1.0
+    x0, y0, x1, y1 = box
+    # counted on a pixel grid 4x finer than the box: the same share within the grid's resolution
+    xs = np.linspace(x0, x1, 401)[:-1] + (x1 - x0) / 800
+    ys = np.linspace(y0, y1, 401)[:-1] + (y1 - y0) / 800
+    inside = np.outer((ys >= 0) & (ys < height), (xs >= 0) & (xs < width)).mean()
+    assert share == pytest.approx(1.0 - inside, abs=0.011)
+
+
+def test_outside_fraction_of_whole_and_cut_faces() -> None:
+    assert outside_fraction((10, 10, 50, 60), 100, 100) == 0.0
+    assert outside_fraction((10, 50, 50, 150), 100, 100) == pytest.approx(0.5)  # lower half cut
+    assert outside_fraction((-10, 0, 30, 40), 100, 100) == pytest.approx(0.25)  # left quarter
+    assert outside_fraction((200, 200, 220, 220), 100, 100) == 1.0
+    with pytest.raises(ValueError, match="degenerate"):
+        outside_fraction((10, 10, 10, 20), 100, 100)
 
 
 def test_model_input_normalises_to_nchw() -> None:

@@ -19,8 +19,11 @@ from training.cards import list_items, load_card
 from training.robustness import (
     CODECS,
     DEGRADATIONS,
+    EDGE_SIDES,
+    OUTSIDE_BINS,
     _Recoded,
     box_stability,
+    cut_picture,
     encode_photo,
     moved_boxes,
     quality_shift,
@@ -138,6 +141,54 @@ def test_quality_shift_on_a_split(trained_run: Path, face_corpus: tuple[Path, Pa
         quality_shift(trained_run / "model.onnx", card, root, split="test", codecs=("webp",))
 
 
+@pytest.mark.parametrize("side", EDGE_SIDES)
+def test_cut_picture_puts_the_share_of_the_box_beyond_that_edge(side: str) -> None:
+    from detector.crops import outside_fraction
+
+    image = np.arange(200 * 300 * 3, dtype=np.uint32).reshape(200, 300, 3).astype(np.uint8)
+    box = (100.0, 50.0, 180.0, 150.0)  # 80 x 100
+    pic, dx, dy = cut_picture(image, box, 0.25, side)
+    moved = (box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy)
+    assert outside_fraction(moved, pic.shape[1], pic.shape[0]) == pytest.approx(0.25, abs=0.011)
+    # the copy is the picture's own pixels, offset as returned
+    assert np.array_equal(pic, image[dy:dy + pic.shape[0], dx:dx + pic.shape[1]])
+    border, dx, dy = cut_picture(image, box, -0.1, side)  # the picture ends 10% outside the box
+    moved = (box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy)
+    assert outside_fraction(moved, border.shape[1], border.shape[0]) == 0.0
+    assert border.shape[0] * border.shape[1] < image.shape[0] * image.shape[1]
+    with pytest.raises(ValueError, match="side"):
+        cut_picture(image, box, 0.25, "middle")
+
+
+def test_edge_cut_check_on_a_split(trained_run: Path, face_corpus: tuple[Path, Path]) -> None:
+    card, root = face_corpus
+    report = quality_shift(trained_run / "model.onnx", card, root, split="test", frames=1, max_real=2,
+                           edge_cuts=(0.3, 0.1, 0.3))
+    assert list(report["edge_cuts"]) == ["0.1", "0.3"]
+    scored = 0
+    for row in report["edge_cuts"].values():
+        for key in ("real", "fake"):
+            pooled = row[key]
+            assert pooled["faces"] == sum(s["faces"] for s in pooled["sides"].values())
+            assert pooled["not_found"] == sum(s["not_found"] for s in pooled["sides"].values())
+            # four copies per whole face, at most: every face of the split's items, each side
+            assert pooled["faces"] + pooled["not_found"] <= 4 * report["faces_by_label"][key]
+            scored += pooled["faces"]
+            if pooled["faces"]:
+                assert 0.0 <= pooled["above_strict"] <= pooled["above_balanced"] <= 1.0
+                assert pooled["median_outside"] > 0.0  # the found box still reaches past the edge
+    assert scored >= 1
+    bins = report["by_outside"]
+    assert len(bins) == len(OUTSIDE_BINS) and list(bins)[:2] == ["0", "0-0.05"]
+    # the original copies' faces plus every cut face found
+    total = sum(b[k]["faces"] for b in bins.values() for k in ("real", "fake"))
+    assert total == sum(report["faces_by_label"].values()) + scored
+    with pytest.raises(ValueError, match="--edge-cut"):
+        quality_shift(trained_run / "model.onnx", card, root, split="test", edge_cuts=(0.5,))
+    with pytest.raises(ValueError, match="--edge-cut"):
+        quality_shift(trained_run / "model.onnx", card, root, split="test", edge_cuts=(0.0,))
+
+
 @pytest.mark.parametrize("name", sorted(CODECS))
 def test_phone_codecs_round_trip_through_the_upload_decoder(name: str, astronaut: np.ndarray) -> None:
     fmt, quality = CODECS[name]
@@ -162,6 +213,11 @@ def test_cli_degrade_and_errors(trained_run: Path, face_corpus: tuple[Path, Path
     res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--frames", "1",
                                       "--max-real", "1", "--codec", "avif80"])
     assert res.exit_code == 0 and "avif80" in json.loads(res.stdout)["degradations"], res.output
+    res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--frames", "1",
+                                      "--max-real", "1", "--edge-cut", "0.2"])
+    assert res.exit_code == 0 and list(json.loads(res.stdout)["edge_cuts"]) == ["0.2"], res.output
+    res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--edge-cut", "0"])
+    assert res.exit_code == 2 and "--edge-cut" in res.output
     res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--codec", "png"])
     assert res.exit_code == 2 and "unknown codec" in res.output
     res = runner.invoke(train_cli(), ["degrade", model, str(card), str(root), "--face-size", "5"])
