@@ -2,7 +2,8 @@
 
 Applied identically to real and fake crops, so the classifier cannot use compression,
 resolution, blur, noise, colour or the exact face box as a shortcut: the box is jittered
-before THE crop (:func:`jitter_box`); crops made from a real picture may lose extra detail
+before THE crop (:func:`jitter_box`); the picture may end near the face (:func:`cut_edges`), so a
+black border or a cut face is no cue either; crops made from a real picture may lose extra detail
 (:func:`lose_detail`); then horizontal flip -> colour jitter -> downscale-upscale -> Gaussian
 blur -> noise -> JPEG.
 """
@@ -58,6 +59,31 @@ def jitter_box(box: Sequence[float], shift: float, scale: float,
     cx, cy = (x0 + x1) / 2 + dx, (y0 + y1) / 2 + dy
     hw, hh = (x1 - x0) / 2 * f, (y1 - y0) / 2 * f
     return cx - hw, cy - hh, cx + hw, cy + hh
+
+
+def cut_edges(img: np.ndarray, box: Sequence[float], cfg: AugmentConfig,
+              rng: np.random.Generator) -> np.ndarray:
+    """``img`` with each side of the picture, independently with probability
+    ``cfg.edge_side_prob``, moved to ``edge_min..edge_max`` x the box's longer side beyond the
+    same side of face ``box`` (negative: inside the box): what lies beyond is black, as THE crop
+    pads a picture that ends there. At least one side moves."""
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    side = max(x1 - x0, y1 - y0)
+    moved = rng.random(4) < cfg.edge_side_prob
+    if not moved.any():
+        moved[int(rng.integers(4))] = True
+    at = rng.uniform(cfg.edge_min, cfg.edge_max, size=4) * side
+    out = np.array(img, copy=True)
+    if moved[0]:  # top
+        out[: max(0, min(h, int(round(y0 - at[0]))))] = 0
+    if moved[1]:  # bottom
+        out[max(0, min(h, int(round(y1 + at[1])))):] = 0
+    if moved[2]:  # left
+        out[:, : max(0, min(w, int(round(x0 - at[2]))))] = 0
+    if moved[3]:  # right
+        out[:, max(0, min(w, int(round(x1 + at[3])))):] = 0
+    return out
 
 
 def down_up(img: np.ndarray, scale: float) -> np.ndarray:

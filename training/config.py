@@ -60,6 +60,18 @@ class AugmentConfig:
     real_source_scale_min: float = 0.25  # down-up scale drawn from [min, max] (else a blur)
     real_source_scale_max: float = 0.6
     real_source_blur_max: float = 2.0  # Gaussian sigma drawn from [0.8, max]
+    # Picture edges near the face (train only; :func:`training.augment.cut_edges`): THE crop pads
+    # with black what lies outside the picture. Nearly every UTKFace and web photo crop has such a
+    # black border (tight face photos), almost no generated fake has one, so without this a black
+    # border reads as "real" (MODEL_CARD.md, "Black borders"). With probability ``edge_prob`` (every
+    # sample) or ``edge_prob_labelled_fake`` (labelled generated fakes, which lack the border), each
+    # side of the picture independently (p = ``edge_side_prob``) is moved to ``edge_min..edge_max``
+    # x the box's longer side beyond that side of the face box (negative: into the face, cutting it).
+    edge_prob: float = 0.0
+    edge_prob_labelled_fake: float = 0.0
+    edge_side_prob: float = 0.5
+    edge_min: float = -0.12
+    edge_max: float = 0.15
 
 
 @dataclass
@@ -153,7 +165,7 @@ class TrainConfig:
         if not (0.05 <= a.downscale_min <= 1.0):
             raise ConfigError("augment.downscale_min must be within 0.05..1")
         for f in dataclasses.fields(a):
-            if f.name.endswith("_prob") and not (0.0 <= getattr(a, f.name) <= 1.0):
+            if ("_prob" in f.name) and not (0.0 <= getattr(a, f.name) <= 1.0):
                 raise ConfigError(f"augment.{f.name} must be a probability")
         if not (0.05 <= a.real_source_scale_min <= a.real_source_scale_max <= 1.0):
             raise ConfigError("augment: need 0.05 <= real_source_scale_min <= real_source_scale_max <= 1")
@@ -161,6 +173,8 @@ class TrainConfig:
             raise ConfigError("augment.real_source_blur_max must be within 0.8..10")
         if not (0.0 <= a.box_shift <= 0.25 and 0.0 <= a.box_scale <= 0.25):
             raise ConfigError("augment.box_shift and augment.box_scale must be within 0..0.25")
+        if not (-0.5 <= a.edge_min <= a.edge_max <= 0.5):
+            raise ConfigError("augment: need -0.5 <= edge_min <= edge_max <= 0.5 (x the box's longer side)")
         if self.workers < 0:
             raise ConfigError("workers must be >= 0")
         if self.validation.max_items is not None and self.validation.max_items < 1:

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from detector.crops import crop_face, to_model_input
-from training.augment import augment, jitter_box, lose_detail
+from training.augment import augment, cut_edges, jitter_box, lose_detail
 from training.cards import hash_unit
 from training.config import TrainConfig
 
@@ -329,6 +329,10 @@ class FaceDataset(Dataset):
         a = self.cfg.augment
         if self.train and (a.box_shift > 0 or a.box_scale > 0):
             box = jitter_box(box, a.box_shift, a.box_scale, rng)
+        if self.train:
+            p_edge = a.edge_prob_labelled_fake if rec.label == 1 else a.edge_prob
+            if p_edge > 0 and rng.random() < p_edge:  # no draw when off: old runs reproduce
+                img = cut_edges(img, box, a, rng)
         crop = crop_face(img, box, self.cfg.crop_margin, self.cfg.input_size)
         if self.train:
             p_lose = a.real_source_degrade_prob if rec.label == 0 else 0.0

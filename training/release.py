@@ -102,6 +102,16 @@ def training_data_summary(cfg: TrainConfig, data: Data) -> str:
             f"(p={cfg.cross_blend_prob:g}) fakes "
             f"from real crops. Validation (group-disjoint, calibration and thresholds): "
             f"{len(data.val_items) - n_sbi} crops plus {n_sbi} self-blended twins.")
+    a = cfg.augment
+    if a.edge_prob > 0 or a.edge_prob_labelled_fake > 0:
+        text += (f" Picture edges near the face (black beyond): p={a.edge_prob:g}, labelled fakes "
+                 f"p={a.edge_prob_labelled_fake:g}.")
+    if a.real_source_degrade_prob > 0:
+        text += f" Extra detail loss for crops of real pictures: p={a.real_source_degrade_prob:g}."
+    if a.box_shift > 0 or a.box_scale > 0:
+        text += f" Face-box jitter: shift {a.box_shift:g}, scale {a.box_scale:g}."
+    if cfg.init_from:
+        text += f" Fine-tuned from every tensor of {Path(cfg.init_from).parent.name or cfg.init_from}."
     if cfg.validation.holdout_methods:
         text += f" Held out of training: {', '.join(cfg.validation.holdout_methods)}."
     return text
