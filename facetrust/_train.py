@@ -256,8 +256,9 @@ def degrade(
         help="also score copies saved as a phone saves photos and decoded back as an upload: jpeg90, "
              "heic80 (needs the heic extra) or avif80 (repeat for several)")] = None,
     edge_cut: Annotated[list[float] | None, typer.Option(
-        help="also score whole faces from copies cut so that this share of the face box (-0.15 to "
-             "0.5; negative: the picture ends that far outside the box, a black border in the crop) "
+        help="also score whole faces from copies cut so that this share of the face box (from -0.15 "
+             "up to, not including, 0.5; not 0; negative: the picture ends that far outside the box, "
+             "a black border in the crop) "
              "lies beyond the bottom, top, left or right edge, found again by the detector (repeat "
              "for several, e.g. --edge-cut -0.05 --edge-cut 0.1)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,

@@ -173,8 +173,9 @@ class TrainConfig:
             raise ConfigError("augment.real_source_blur_max must be within 0.8..10")
         if not (0.0 <= a.box_shift <= 0.25 and 0.0 <= a.box_scale <= 0.25):
             raise ConfigError("augment.box_shift and augment.box_scale must be within 0..0.25")
-        if not (-0.5 <= a.edge_min <= a.edge_max <= 0.5):
-            raise ConfigError("augment: need -0.5 <= edge_min <= edge_max <= 0.5 (x the box's longer side)")
+        if not (-0.3 <= a.edge_min <= a.edge_max <= 0.5):
+            # measured on the longer side: further in, a narrow box's centre could be cut away
+            raise ConfigError("augment: need -0.3 <= edge_min <= edge_max <= 0.5 (x the box's longer side)")
         if self.workers < 0:
             raise ConfigError("workers must be >= 0")
         if self.validation.max_items is not None and self.validation.max_items < 1:

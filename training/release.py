@@ -111,7 +111,7 @@ def training_data_summary(cfg: TrainConfig, data: Data) -> str:
     if a.box_shift > 0 or a.box_scale > 0:
         text += f" Face-box jitter: shift {a.box_shift:g}, scale {a.box_scale:g}."
     if cfg.init_from:
-        text += f" Fine-tuned from every tensor of {Path(cfg.init_from).parent.name or cfg.init_from}."
+        text += f" Fine-tuned from every tensor of {cfg.init_from}."
     if cfg.validation.holdout_methods:
         text += f" Held out of training: {', '.join(cfg.validation.holdout_methods)}."
     return text

@@ -36,7 +36,8 @@ than 1.15 S (``too_small``), mean probability and the shares above the threshold
 each face whose box lies wholly inside the picture is also scored from four copies of the picture
 cut so that the share F of its box lies beyond the bottom, top, left or right edge (a chin cut
 off by a selfie's frame, a forehead by a video call's; a negative F ends the picture -F of the
-box outside it, which THE crop's 1.3 margin shows as a black border), found again by the detector on that copy
+box outside it, which THE crop's 1.3 margin shows as a black border; where the picture already
+ends closer, that copy is left out and counted as ``not_cut``), found again by the detector on that copy
 and cropped there as an upload would be. Per F the report gives each label's faces scored
 (four sides pooled, and per side), faces the detector no longer found, mean probability, the
 shares above the thresholds and the median share of the found box outside the copy
@@ -314,8 +315,9 @@ def quality_shift(
     labels: list[int] = []
     # per size: (label, probability or None when the detector lost the face)
     shrunk: dict[int, list[tuple[int, float | None | bool]]] = {s: [] for s in sizes}
-    # per share: (label, side, probability or None when lost, share of the found box outside)
-    cut: dict[float, list[tuple[int, str, float | None, float]]] = {f: [] for f in cuts}
+    # per share: (label, side, probability or None when lost or not cut, share of the found box
+    # outside, whether the picture could be cut there)
+    cut: dict[float, list[tuple[int, str, float | None, float, bool]]] = {f: [] for f in cuts}
     outside: list[tuple[int, float, float]] = []  # every face scored: (label, outside share, probability)
     for n, it in enumerate(items):
         for image in _images(it.path, it.media, frames, unreadable):
@@ -341,7 +343,7 @@ def quality_shift(
                     for side in EDGE_SIDES:
                         got = _cut_score(analyzer, image, face.box, f, side, multi_crop)
                         cut[f].append((it.label, side, *got))
-                        if got[0] is not None:
+                        if got[0] is not None and got[2]:
                             outside.append((it.label, got[1], got[0]))
         if progress:
             progress(n + 1, len(items))
@@ -420,18 +422,22 @@ def cut_picture(
 
 def _cut_score(
     analyzer: Any, image: np.ndarray, box: Sequence[float], fraction: float, side: str, multi_crop: bool
-) -> tuple[float | None, float]:
+) -> tuple[float | None, float, bool]:
     """The face at ``box`` scored from :func:`cut_picture`'s copy, found again there by the
     detector (the found box that contains the face's centre and overlaps it most): its
-    probability (None when not found) and the share of the found box outside the copy."""
+    probability (None when not found) and the share of the found box outside the copy, and
+    True; ``(None, nan, False)`` without scoring when the copy is the whole picture (a negative
+    ``fraction`` where the picture already ends closer to the box)."""
     pic, dx, dy = cut_picture(np.ascontiguousarray(image), box, fraction, side)
+    if pic.shape == image.shape:
+        return None, float("nan"), False
     pic = np.ascontiguousarray(pic)
     x0, y0, x1, y1 = (float(box[0]) - dx, float(box[1]) - dy, float(box[2]) - dx, float(box[3]) - dy)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     found = [g for g in analyzer.face_detector.detect(pic)
              if g.box[0] <= cx <= g.box[2] and g.box[1] <= cy <= g.box[3]]
     if not found:
-        return None, float("nan")
+        return None, float("nan"), True
 
     def overlap(g: Any) -> float:
         iw = max(0.0, min(x1, g.box[2]) - max(x0, g.box[0]))
@@ -441,7 +447,7 @@ def _cut_score(
     best = max(found, key=overlap)
     crops = _face_crops(pic, [best.box], analyzer.card, multi_crop)
     prob = float(analyzer.classifier.score(crops, views=_views(multi_crop)).probabilities[0])
-    return prob, outside_fraction(best.box, pic.shape[1], pic.shape[0])
+    return prob, outside_fraction(best.box, pic.shape[1], pic.shape[0]), True
 
 
 def _rates(probs: Sequence[float], card: Any) -> dict[str, Any]:
@@ -454,18 +460,21 @@ def _rates(probs: Sequence[float], card: Any) -> dict[str, Any]:
     }
 
 
-def _cut_rows(rows: Sequence[tuple[int, str, float | None, float]], card: Any) -> dict[str, Any]:
-    """Per label: the four sides pooled, then per side (see the module doc)."""
+def _cut_rows(rows: Sequence[tuple[int, str, float | None, float, bool]], card: Any) -> dict[str, Any]:
+    """Per label: the four sides pooled, then per side (see the module doc); ``not_cut``: copies
+    left out because the picture already ended closer to the box than a negative share."""
     out: dict[str, Any] = {}
     for lab, key in ((0, "real"), (1, "fake")):
-        mine = [r for r in rows if r[0] == lab]
+        mine = [r for r in rows if r[0] == lab and r[4]]
         found = [r for r in mine if r[2] is not None]
         row = _rates([r[2] for r in found], card)
         row["not_found"] = len(mine) - len(found)
+        row["not_cut"] = sum(1 for r in rows if r[0] == lab and not r[4])
         row["median_outside"] = float(np.median([r[3] for r in found])) if found else None
         row["sides"] = {
             side: _rates([r[2] for r in found if r[1] == side], card)
-            | {"not_found": sum(1 for r in mine if r[1] == side and r[2] is None)}
+            | {"not_found": sum(1 for r in mine if r[1] == side and r[2] is None),
+               "not_cut": sum(1 for r in rows if r[0] == lab and r[1] == side and not r[4])}
             for side in EDGE_SIDES
         }
         out[key] = row

@@ -168,6 +168,7 @@ def test_edge_config_is_validated() -> None:
     assert (cfg.augment.edge_prob, cfg.augment.edge_prob_labelled_fake) == (0.3, 0.75)
     assert config_from_dict({"data": ["p"]}).augment.edge_prob == 0.0  # old configs: no edges
     for bad in (["augment.edge_min=0.2", "augment.edge_max=0.1"], ["augment.edge_max=0.9"],
+                ["augment.edge_min=-0.4"],
                 ["augment.edge_prob_labelled_fake=2"]):
         with pytest.raises(ConfigError):
             config_from_dict({"data": ["p"]}, bad)
@@ -217,4 +218,4 @@ def test_card_training_data_names_the_augmentations_and_the_start(prepared_corpu
                         augment={"edge_prob": 0.3, "edge_prob_labelled_fake": 0.75})
     text = training_data_summary(tuned, load_data(tuned))
     assert "Picture edges near the face (black beyond): p=0.3, labelled fakes p=0.75." in text
-    assert text.endswith("Fine-tuned from every tensor of a.")
+    assert text.endswith(f"Fine-tuned from every tensor of {tmp_path / 'a' / 'best.safetensors'}.")

@@ -163,20 +163,24 @@ def test_cut_picture_puts_the_share_of_the_box_beyond_that_edge(side: str) -> No
 def test_edge_cut_check_on_a_split(trained_run: Path, face_corpus: tuple[Path, Path]) -> None:
     card, root = face_corpus
     report = quality_shift(trained_run / "model.onnx", card, root, split="test", frames=1, max_real=2,
-                           edge_cuts=(0.3, 0.1, 0.3))
-    assert list(report["edge_cuts"]) == ["0.1", "0.3"]
+                           edge_cuts=(0.3, 0.1, 0.3, -0.15))
+    assert list(report["edge_cuts"]) == ["-0.15", "0.1", "0.3"]
     scored = 0
-    for row in report["edge_cuts"].values():
+    for share, row in report["edge_cuts"].items():
         for key in ("real", "fake"):
             pooled = row[key]
-            assert pooled["faces"] == sum(s["faces"] for s in pooled["sides"].values())
-            assert pooled["not_found"] == sum(s["not_found"] for s in pooled["sides"].values())
+            for name in ("faces", "not_found", "not_cut"):
+                assert pooled[name] == sum(s[name] for s in pooled["sides"].values())
             # four copies per whole face, at most: every face of the split's items, each side
-            assert pooled["faces"] + pooled["not_found"] <= 4 * report["faces_by_label"][key]
+            copies = pooled["faces"] + pooled["not_found"] + pooled["not_cut"]
+            assert copies <= 4 * report["faces_by_label"][key]
             scored += pooled["faces"]
+            if float(share) > 0:
+                assert pooled["not_cut"] == 0  # a whole face can always be cut into
             if pooled["faces"]:
                 assert 0.0 <= pooled["above_strict"] <= pooled["above_balanced"] <= 1.0
-                assert pooled["median_outside"] > 0.0  # the found box still reaches past the edge
+                if float(share) > 0:
+                    assert pooled["median_outside"] > 0.0  # the found box still reaches past the edge
     assert scored >= 1
     bins = report["by_outside"]
     assert len(bins) == len(OUTSIDE_BINS) and list(bins)[:2] == ["0", "0-0.05"]
